@@ -1,0 +1,235 @@
+"""Read the files of an upload (zip, folder, single file or bytes) safely, without extracting.
+
+Why this module exists: an uploaded zip is untrusted. Its member names are never used as paths
+(nothing is written to disk at all: members are read into memory one at a time), and limits on
+member count, total uncompressed size and compression ratio stop zip bombs before they inflate.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from core.errors import InputError, UnsafeArchiveError
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Safety limits for one upload. Defaults fit a thin-slice head CT with room to spare."""
+
+    max_members: int = 20_000
+    max_total_bytes: int = 4 << 30  # uncompressed, whole upload
+    max_member_bytes: int = 512 << 20  # one file (a multi-frame object can be large)
+    max_ratio: float = 200.0  # uncompressed / compressed, checked for members above 1 MiB
+
+
+DEFAULT_LIMITS = ArchiveLimits()
+
+
+class Member:
+    """One file of an upload: a name (shown, never used as a path) and its bytes, read lazily
+    so that several members can be inflated in parallel. ``error`` says why the archive itself
+    could not give the bytes (a damaged member); ``data`` is then empty."""
+
+    __slots__ = ("name", "_data", "_error", "_loader")
+
+    def __init__(
+        self,
+        name: str,
+        data: bytes | None = None,
+        error: str | None = None,
+        loader: Callable[[], bytes] | None = None,
+    ) -> None:
+        self.name = name
+        self._data = data
+        self._error = error
+        self._loader = loader
+
+    def _load(self) -> None:
+        if self._data is None and self._error is None:
+            try:
+                self._data = self._loader() if self._loader else b""
+            except _DamagedMember as exc:
+                self._data, self._error = b"", str(exc)
+            self._loader = None
+
+    @property
+    def data(self) -> bytes:
+        self._load()
+        return self._data  # type: ignore[return-value]
+
+    @property
+    def error(self) -> str | None:
+        self._load()
+        return self._error
+
+    def __repr__(self) -> str:
+        return f"Member({self.name!r})"
+
+
+def display_name(name: str, limit: int = 80) -> str:
+    """A member name made safe to show: printable, no directories, bounded length."""
+    base = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or "(unnamed)"
+    base = "".join(ch if ch.isprintable() else "?" for ch in base)
+    return base if len(base) <= limit else base[: limit - 1] + "…"
+
+
+@contextmanager
+def open_upload(
+    source: str | os.PathLike[str] | bytes | io.IOBase, limits: ArchiveLimits = DEFAULT_LIMITS
+) -> Iterator[list[Member]]:
+    """Every regular file of ``source``, as lazily read Members valid inside the ``with``.
+
+    ``source`` is a zip (path, bytes or file object), a folder (walked at any depth, links not
+    followed) or a single file. Raises InputError / UnsafeArchiveError before any member is
+    inflated when the upload breaks a limit.
+    """
+    if isinstance(source, io.IOBase):
+        source = source.read()
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        if not data:
+            raise InputError("The upload is empty (0 bytes).")
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            yield [Member("upload", data)]
+            return
+        with _open_zip(io.BytesIO(data)) as zf:
+            yield _zip_members(zf, limits)
+        return
+    path = Path(source)
+    if path.is_dir():
+        yield _folder_members(path, limits)
+    elif path.is_file() and zipfile.is_zipfile(path):
+        with path.open("rb") as fh, _open_zip(fh) as zf:
+            yield _zip_members(zf, limits)
+    elif path.is_file():
+        if path.stat().st_size > limits.max_member_bytes:
+            raise UnsafeArchiveError(f"{display_name(path.name)} is larger than one file may be.")
+        yield [Member(path.name, loader=path.read_bytes)]
+    else:
+        raise InputError(f"Nothing found at {display_name(str(path))}: no such file or folder.")
+
+
+def iter_members(
+    source: str | os.PathLike[str] | bytes | io.IOBase, limits: ArchiveLimits = DEFAULT_LIMITS
+) -> Iterator[Member]:
+    """Yield every file of ``source`` in turn (see open_upload)."""
+    with open_upload(source, limits) as members:
+        for member in members:
+            member.data  # noqa: B018 - read while the archive is open
+            yield member
+
+
+def _folder_members(root: Path, limits: ArchiveLimits) -> list[Member]:
+    members: list[Member] = []
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for fname in sorted(filenames):
+            fpath = Path(dirpath, fname)
+            if fpath.is_symlink() or not fpath.is_file():
+                continue
+            size = fpath.stat().st_size
+            total += size
+            if len(members) >= limits.max_members or total > limits.max_total_bytes:
+                raise UnsafeArchiveError(
+                    "This folder holds more files or data than one upload may "
+                    f"({limits.max_members} files, {limits.max_total_bytes >> 20} MB)."
+                )
+            if size <= limits.max_member_bytes:
+                members.append(Member(str(fpath.relative_to(root)), loader=fpath.read_bytes))
+    return members
+
+
+@contextmanager
+def _open_zip(fh: io.IOBase) -> Iterator[zipfile.ZipFile]:
+    try:
+        zf = zipfile.ZipFile(fh)
+    except zipfile.BadZipFile as exc:
+        raise InputError(
+            "This zip is damaged and cannot be opened; export the study again."
+        ) from exc
+    except (OSError, EOFError, ValueError) as exc:
+        raise InputError("This zip cannot be read; export the study again.") from exc
+    with zf:
+        yield zf
+
+
+def _zip_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[Member]:
+    """Check the whole archive against the limits, then hand out lazy members.
+
+    zipfile reads different members of one archive safely from several threads, and each
+    member is capped at its declared size while inflating, so the declared total bounds it all.
+    """
+    infos = [i for i in zf.infolist() if not i.is_dir()]
+    if not infos:
+        raise InputError("This zip is empty: it holds no files.")
+    if len(infos) > limits.max_members:
+        raise UnsafeArchiveError(
+            f"This zip holds {len(infos)} files, more than the {limits.max_members} allowed "
+            "for one upload."
+        )
+    if any(i.flag_bits & 0x1 for i in infos):
+        raise InputError(
+            "This zip is password-protected. Export the study without a password and upload "
+            "it again."
+        )
+    declared = sum(i.file_size for i in infos)
+    if declared > limits.max_total_bytes:
+        raise UnsafeArchiveError(
+            f"This zip would unpack to {declared >> 20} MB, more than the "
+            f"{limits.max_total_bytes >> 20} MB allowed for one upload."
+        )
+    for info in infos:
+        _check_ratio(info, limits)
+    return [Member(i.filename, loader=partial(_read_capped, zf, i, limits)) for i in infos]
+
+
+def _check_ratio(info: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
+    if info.file_size > limits.max_member_bytes:
+        raise UnsafeArchiveError(
+            f"{display_name(info.filename)} would unpack to {info.file_size >> 20} MB, more than "
+            "one file may; the zip was rejected."
+        )
+    if info.file_size > (1 << 20) and info.file_size > limits.max_ratio * max(
+        info.compress_size, 1
+    ):
+        raise UnsafeArchiveError(
+            "This zip looks like a zip bomb (a file compressed more than "
+            f"{limits.max_ratio:.0f}:1); it was rejected."
+        )
+
+
+def _read_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits) -> bytes:
+    """Read one member, never inflating past its declared size (headers can lie)."""
+    cap = min(info.file_size, limits.max_member_bytes)
+    parts: list[bytes] = []
+    got = 0
+    try:
+        with zf.open(info) as member:
+            while chunk := member.read(min(_CHUNK, cap + 1 - got)):
+                got += len(chunk)
+                if got > cap:
+                    raise UnsafeArchiveError(
+                        f"{display_name(info.filename)} unpacks to more than it declares; "
+                        "the zip was rejected."
+                    )
+                parts.append(chunk)
+    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as exc:
+        # A damaged member (bad CRC, unsupported method): return what marks it unreadable.
+        raise _DamagedMember(info.filename) from exc
+    return b"".join(parts)
+
+
+class _DamagedMember(InputError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{display_name(name)} is damaged inside the zip and was skipped.")
+        self.name = name

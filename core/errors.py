@@ -1,0 +1,27 @@
+"""One exception family. Every message is written for a radiologist, not a programmer.
+
+The dashboard and the command-line tools show ``str(error)`` as it is, so a message says what
+was wrong with the input and what to do, and never contains a traceback or patient data.
+"""
+
+from __future__ import annotations
+
+
+class ICHError(Exception):
+    """Base of every error this tool raises on purpose."""
+
+
+class InputError(ICHError):
+    """The file or folder given cannot be read as a CT study (not a zip, empty, damaged…)."""
+
+
+class UnsafeArchiveError(InputError):
+    """The zip looks like an attack or exceeds a safety limit (zip bomb, too many files…)."""
+
+
+class NoImagesError(InputError):
+    """The input was readable but holds no CT images this tool can show."""
+
+
+class ModelError(ICHError):
+    """Weights are missing, damaged or do not match the code."""

@@ -1,0 +1,58 @@
+"""Shared fixtures. The real RSNA studies live in ../shared/data beside the checkout (CI has
+them there); a test that needs them fails loudly when they are absent, it never skips."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("ICH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+LABELLED = DATA / "rsna_ich"
+UNLABELLED_ZIP = DATA / "rsna_ich_unlabeled" / "ID_4d28912ba6.zip"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(
+            f"Real test data not found at {path}. The tests need the RSNA studies in "
+            "../shared/data beside the checkout (or set ICH_SHARED_DATA).",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def study_zips() -> list[Path]:
+    """The 16 labelled study zips."""
+    zips = sorted(_require(LABELLED / "studies").glob("*.zip"))
+    if len(zips) != 16:
+        pytest.fail(f"expected 16 labelled study zips in {LABELLED / 'studies'}, found {len(zips)}")
+    return zips
+
+
+@pytest.fixture(scope="session")
+def unlabelled_zip() -> Path:
+    return _require(UNLABELLED_ZIP)
+
+
+@pytest.fixture(scope="session")
+def label_rows() -> dict[str, list[dict[str, str]]]:
+    """rsna_dev_labels.csv rows grouped by StudyInstanceUID, in slice_index order."""
+    rows: dict[str, list[dict[str, str]]] = defaultdict(list)
+    with _require(LABELLED / "rsna_dev_labels.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows[row["StudyInstanceUID"]].append(row)
+    for items in rows.values():
+        items.sort(key=lambda r: int(r["slice_index"]))
+    return dict(rows)
+
+
+@pytest.fixture(scope="session")
+def small_zip(study_zips: list[Path]) -> Path:
+    """A real labelled study with few slices, for tests that need just one."""
+    return min(study_zips, key=lambda p: p.stat().st_size)
