@@ -98,7 +98,7 @@ def open_upload(
         data = bytes(source)
         if not data:
             raise InputError("The upload is empty (0 bytes).")
-        if not zipfile.is_zipfile(io.BytesIO(data)):
+        if not zipfile.is_zipfile(io.BytesIO(data)) and not _starts_like_zip(data):
             yield [Member("upload", data)]
             return
         with _open_zip(io.BytesIO(data)) as zf:
@@ -107,7 +107,7 @@ def open_upload(
     path = Path(source)
     if path.is_dir():
         yield _folder_members(path, limits)
-    elif path.is_file() and zipfile.is_zipfile(path):
+    elif path.is_file() and (zipfile.is_zipfile(path) or _starts_like_zip(path)):
         with path.open("rb") as fh, _open_zip(fh) as zf:
             yield _zip_members(zf, limits)
     elif path.is_file():
@@ -116,6 +116,16 @@ def open_upload(
         yield [Member(path.name, loader=path.read_bytes)]
     else:
         raise InputError(f"Nothing found at {display_name(str(path))}: no such file or folder.")
+
+
+def _starts_like_zip(source: bytes | Path) -> bool:
+    """A zip's first local header: a zip cut short (no readable end record, so not is_zipfile)
+    is then opened as a zip and reported damaged, not read as one "not DICOM" file. A DICOM
+    file whose 128-byte preamble happens to start this way still has 'DICM' after it."""
+    if isinstance(source, Path):
+        with source.open("rb") as fh:
+            source = fh.read(132)
+    return source[:4] == b"PK\x03\x04" and source[128:132] != b"DICM"
 
 
 def iter_members(

@@ -232,13 +232,21 @@ def _skip_notes(skipped: list[Skipped]) -> list[str]:
         by_reason[s.reason].append(s)
     for reason, items in by_reason.items():
         if reason in (SkipReason.DAMAGED, SkipReason.UNSUPPORTED):
-            notes += [s.detail[:1].upper() + s.detail[1:] + "." for s in items[:20]]
+            notes += [_as_sentence(s) for s in items[:20]]
             if len(items) > 20:
                 notes.append(f"… and {len(items) - 20} more {reason.value} files were skipped.")
             continue
         examples = ", ".join(s.name for s in items[:3]) + (", …" if len(items) > 3 else "")
         notes.append(f"{len(items)} file(s) skipped as {reason.value}: {examples}.")
     return notes
+
+
+def _as_sentence(s: Skipped) -> str:
+    """A skip detail as one sentence: a leading file name keeps its case, one final period."""
+    text = s.detail.rstrip(".")
+    if not text.startswith(s.name):
+        text = text[:1].upper() + text[1:]
+    return text + "."
 
 
 def _drop_duplicate_instances(raws: list[RawSlice]) -> tuple[list[RawSlice], list[str]]:
