@@ -10,14 +10,13 @@ import io
 import os
 import struct
 import tempfile
-import warnings
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from dicom_helpers import Files, edit, read_ds, write_ds, write_zip, zip_bytes
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
@@ -37,43 +36,8 @@ STUDY = "ID_1acc4b6d6c"  # 12-bit unsigned, axial, not tilted, ~5 mm apart
 OTHER_STUDY = "ID_0e5e6bc3c1"  # 16-bit signed, tilted
 N_SLICES = 8  # consecutive slices from the middle of STUDY, in head order
 
-Files = list[tuple[str, bytes]]
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _read(data: bytes) -> pydicom.Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the RSNA UIDs ("ID_…") are not valid UIDs
-        return pydicom.dcmread(io.BytesIO(data))
-
-
-def _write(ds: pydicom.Dataset) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
-def _edit(data: bytes, change: Callable[[pydicom.Dataset], None]) -> bytes:
-    ds = _read(data)
-    change(ds)
-    return _write(ds)
-
-
-def _zip_bytes(files: Files, method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", method) as zf:
-        for name, data in files:
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
-def _zip(files: Files, path: Path, method: int = zipfile.ZIP_DEFLATED) -> Path:
-    path.write_bytes(_zip_bytes(files, method))
-    return path
 
 
 def _only(studies: list[Study]) -> Study:
@@ -89,7 +53,7 @@ def _slices_in_head_order(zip_path: Path, n: int) -> Files:
     """n consecutive slices from the middle of a real study, sorted along z."""
     with zipfile.ZipFile(zip_path) as zf:
         files = [(name, zf.read(name)) for name in zf.namelist() if name.endswith(".dcm")]
-    files.sort(key=lambda f: float(_read(f[1]).ImagePositionPatient[2]))
+    files.sort(key=lambda f: float(read_ds(f[1]).ImagePositionPatient[2]))
     start = (len(files) - n) // 2
     return files[start : start + n]
 
@@ -115,7 +79,7 @@ def other_series(zips) -> Files:
 
 def test_zip_bomb_is_rejected(series, tmp_path) -> None:
     files = [*series[:2], ("payload.bin", bytes(50 << 20))]  # 50 MB of zeros, ~50 kB deflated
-    path = _zip(files, tmp_path / "bomb.zip")
+    path = write_zip(files, tmp_path / "bomb.zip")
     assert path.stat().st_size < 2 << 20
     with pytest.raises(UnsafeArchiveError) as info:
         load_studies(path)
@@ -126,7 +90,7 @@ def test_zip_bomb_is_rejected(series, tmp_path) -> None:
 def test_too_many_members(series) -> None:
     files = [(f"slice{i}.dcm", series[0][1]) for i in range(6)]
     with pytest.raises(UnsafeArchiveError) as info:
-        load_studies(_zip_bytes(files), limits=ArchiveLimits(max_members=5))
+        load_studies(zip_bytes(files), limits=ArchiveLimits(max_members=5))
     assert "holds 6 files, more than the 5 allowed" in str(info.value)
 
 
@@ -134,7 +98,7 @@ def test_total_uncompressed_size_over_limit() -> None:
     files = [(f"part{i}.bin", bytes(1 << 20)) for i in range(3)]  # stored: no ratio to trip
     with pytest.raises(UnsafeArchiveError) as info:
         load_studies(
-            _zip_bytes(files, zipfile.ZIP_STORED), limits=ArchiveLimits(max_total_bytes=2 << 20)
+            zip_bytes(files, zipfile.ZIP_STORED), limits=ArchiveLimits(max_total_bytes=2 << 20)
         )
     assert "would unpack to 3 MB, more than the 2 MB allowed" in str(info.value)
 
@@ -143,7 +107,7 @@ def test_one_member_over_the_per_file_limit(series) -> None:
     files = [*series[:2], ("huge.bin", bytes(3 << 20))]
     with pytest.raises(UnsafeArchiveError) as info:
         load_studies(
-            _zip_bytes(files, zipfile.ZIP_STORED), limits=ArchiveLimits(max_member_bytes=2 << 20)
+            zip_bytes(files, zipfile.ZIP_STORED), limits=ArchiveLimits(max_member_bytes=2 << 20)
         )
     message = str(info.value)
     assert "huge.bin would unpack to 3 MB, more than one file may" in message
@@ -153,7 +117,7 @@ def test_member_whose_header_lies_about_its_size(series) -> None:
     """A 50 MB member whose local and central headers both declare 1000 bytes slips past the
     ratio check; it must not inflate past what it declares, and the real slices still load."""
     files = [*series[:3], ("bomb.bin", bytes(50 << 20))]
-    data = bytearray(_zip_bytes(files))
+    data = bytearray(zip_bytes(files))
     info = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("bomb.bin")
     assert data[info.header_offset : info.header_offset + 4] == b"PK\x03\x04"
     struct.pack_into("<I", data, info.header_offset + 22, 1000)  # local header: uncompressed size
@@ -176,7 +140,7 @@ def test_member_names_are_never_used_as_paths(series, tmp_path, monkeypatch) -> 
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)  # "../../etc/passwd" would land in tmp_path/etc/passwd
-    path = _zip(
+    path = write_zip(
         [(n, data) for n, (_, data) in zip(names, series[:3], strict=True)], tmp_path / "evil.zip"
     )
     assert zipfile.ZipFile(path).namelist() == names
@@ -196,7 +160,7 @@ def test_member_names_are_never_used_as_paths(series, tmp_path, monkeypatch) -> 
 
 
 def test_encrypted_zip_asks_for_no_password(series) -> None:
-    data = bytearray(_zip_bytes(series[:2]))
+    data = bytearray(zip_bytes(series[:2]))
     zf = zipfile.ZipFile(io.BytesIO(bytes(data)))
     for info in zf.infolist():  # local headers: general purpose flag at offset 6
         assert data[info.header_offset : info.header_offset + 4] == b"PK\x03\x04"
@@ -220,7 +184,7 @@ def test_encrypted_zip_asks_for_no_password(series) -> None:
 
 def test_empty_inputs(tmp_path) -> None:
     with pytest.raises(InputError) as info:
-        load_studies(_zip_bytes([]))
+        load_studies(zip_bytes([]))
     assert "empty" in str(info.value) and "holds no files" in str(info.value)
     with pytest.raises(InputError) as info:
         load_studies(b"")
@@ -245,7 +209,7 @@ def test_bytes_that_are_neither_zip_nor_dicom() -> None:
 
 @pytest.mark.parametrize("keep", [0.5, 0.9, 0.999])
 def test_truncated_zip_is_reported_damaged(series, tmp_path, keep) -> None:
-    data = _zip_bytes(series[:3])
+    data = zip_bytes(series[:3])
     cut = data[: int(len(data) * keep)]
     with pytest.raises(InputError) as info:
         load_studies(cut)
@@ -268,7 +232,7 @@ def test_zip_of_photos_holds_no_ct(tmp_path) -> None:
         ("holiday/notes.txt", b"not a CT\n"),
     ]
     with pytest.raises(NoImagesError) as info:
-        load_studies(_zip(files, tmp_path / "photos.zip"))
+        load_studies(write_zip(files, tmp_path / "photos.zip"))
     message = str(info.value)
     assert "no CT images" in message
     assert "3 file(s) skipped as not DICOM" in message
@@ -300,19 +264,19 @@ def _as_modality(modality: str, sop_class: str, series_uid: str | None = None):
     ],
 )
 def test_non_ct_upload_is_refused(series, modality, sop_class) -> None:
-    files = [(n, _edit(d, _as_modality(modality, sop_class))) for n, d in series[:3]]
+    files = [(n, edit(d, _as_modality(modality, sop_class))) for n, d in series[:3]]
     with pytest.raises(NoImagesError) as info:
-        load_studies(_zip_bytes(files))
+        load_studies(zip_bytes(files))
     message = str(info.value)
     assert f"holds {modality} images, not CT" in message and "CT only" in message
 
 
 def test_mixed_ct_and_mr_loads_the_ct(series) -> None:
     mr = [
-        (f"mr/{i}.dcm", _edit(d, _as_modality("MR", MRImageStorage, "1.2.3.MR")))
+        (f"mr/{i}.dcm", edit(d, _as_modality("MR", MRImageStorage, "1.2.3.MR")))
         for i, (_, d) in enumerate(series[:2])
     ]
-    study = _only(load_studies(_zip_bytes([*series[:4], *mr])))
+    study = _only(load_studies(zip_bytes([*series[:4], *mr])))
     assert len(study.series) == 1 and study.default_series.modality == "CT"
     assert study.default_series.n_slices == 4
     assert any(
@@ -333,7 +297,7 @@ def _dicomdir_bytes() -> bytes:
     ds.file_meta = meta
     ds.FileSetID = "STUDY"
     ds.DirectoryRecordSequence = []
-    return _write(ds)
+    return write_ds(ds)
 
 
 def _text_report_bytes(study_uid: str) -> bytes:
@@ -350,18 +314,18 @@ def _text_report_bytes(study_uid: str) -> bytes:
     ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.3"
     ds.ValueType = "CONTAINER"
     ds.TextValue = "No acute intracranial hemorrhage."
-    return _write(ds)
+    return write_ds(ds)
 
 
 def test_dicomdir_and_report_are_skipped_and_counted(series) -> None:
-    study_uid = _read(series[0][1]).StudyInstanceUID
+    study_uid = read_ds(series[0][1]).StudyInstanceUID
     files = [
         *series[:3],
         ("DICOMDIR", _dicomdir_bytes()),
         ("export/INDEX.dcm", _dicomdir_bytes()),  # a DICOMDIR by its SOP class, not its name
         ("export/report.dcm", _text_report_bytes(study_uid)),
     ]
-    study = _only(load_studies(_zip_bytes(files)))
+    study = _only(load_studies(zip_bytes(files)))
     assert study.default_series.n_slices == 3
     text = "\n".join(study.warnings)
     assert "2 file(s) skipped as DICOMDIR index: DICOMDIR, INDEX.dcm." in text, text
@@ -372,7 +336,7 @@ def test_dicomdir_and_report_are_skipped_and_counted(series) -> None:
 
 
 def test_single_slice_loads_with_a_warning(series) -> None:
-    study = _only(load_studies(_zip_bytes(series[:1])))
+    study = _only(load_studies(zip_bytes(series[:1])))
     assert study.default_series.n_slices == 1
     assert any("single slice" in w for w in study.default_series.warnings)
 
@@ -383,8 +347,8 @@ def test_slice_of_another_size_is_skipped(series) -> None:
         ds.Rows, ds.Columns = 256, 256
 
     name, data = series[2]
-    files = [*series[:2], ("small.dcm", _edit(data, shrink)), *series[3:5]]
-    study = _only(load_studies(_zip_bytes(files)))
+    files = [*series[:2], ("small.dcm", edit(data, shrink)), *series[3:5]]
+    study = _only(load_studies(zip_bytes(files)))
     s = study.default_series
     assert s.shape == (4, 512, 512)
     text = "\n".join(s.warnings)
@@ -399,7 +363,7 @@ def test_truncated_slice_and_random_bytes_among_good_slices(series) -> None:
     cut = data[: pixel_data + (len(data) - pixel_data) // 2]
     noise = np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8).tobytes()
     files = [*series[:2], ("cut.dcm", cut), *series[3:5], ("x.dcm", noise)]
-    study = _only(load_studies(_zip_bytes(files)))
+    study = _only(load_studies(zip_bytes(files)))
     assert study.default_series.n_slices == 4
     text = _all_warnings(study)
     assert "cut.dcm is truncated" in text, text
@@ -416,11 +380,11 @@ def test_missing_positions_fall_back_to_instance_number(series) -> None:
 
     # InstanceNumber follows the head; the members are stored in reverse, so file order is wrong.
     files = [
-        (f"{i:02d}.dcm", _edit(d, without_position(i + 1))) for i, (_, d) in enumerate(series[:5])
+        (f"{i:02d}.dcm", edit(d, without_position(i + 1))) for i, (_, d) in enumerate(series[:5])
     ]
-    study = _only(load_studies(_zip_bytes(files[::-1])))
+    study = _only(load_studies(zip_bytes(files[::-1])))
     s = study.default_series
-    expected = [_read(d).SOPInstanceUID for _, d in series[:5]]
+    expected = [read_ds(d).SOPInstanceUID for _, d in series[:5]]
     assert [x.sop_instance_uid for x in s.slices] == expected
     assert [x.instance_number for x in s.slices] == [1, 2, 3, 4, 5]
     assert any("InstanceNumber" in w and "no ImagePositionPatient" in w for w in s.warnings)
@@ -430,15 +394,15 @@ def test_missing_positions_and_numbers_fall_back_to_file_names(series) -> None:
     def strip(ds: pydicom.Dataset) -> None:
         del ds.ImagePositionPatient
 
-    files = [(f"img{i + 1}.dcm", _edit(d, strip)) for i, (_, d) in enumerate(series[:3])]
-    s = _only(load_studies(_zip_bytes(files[::-1]))).default_series
+    files = [(f"img{i + 1}.dcm", edit(d, strip)) for i, (_, d) in enumerate(series[:3])]
+    s = _only(load_studies(zip_bytes(files[::-1]))).default_series
     assert [x.source for x in s.slices] == ["img1.dcm", "img2.dcm", "img3.dcm"]
     assert any("file-name order" in w for w in s.warnings)
 
 
 def test_gap_in_the_series_is_reported(series) -> None:
     files = [*series[:3], *series[4:6]]  # slice 4 of 6 is missing
-    s = _only(load_studies(_zip_bytes(files))).default_series
+    s = _only(load_studies(zip_bytes(files))).default_series
     assert s.n_slices == 5
     gaps = [w for w in s.warnings if "Gap" in w]
     assert len(gaps) == 1 and "between slices 3 and 4" in gaps[0] and "may be missing" in gaps[0]
@@ -448,8 +412,8 @@ def test_duplicate_positions_are_reported(series) -> None:
     def copy_of(ds: pydicom.Dataset) -> None:
         ds.SOPInstanceUID = ds.SOPInstanceUID + ".copy"
 
-    files = [*series[:3], ("again.dcm", _edit(series[1][1], copy_of))]
-    s = _only(load_studies(_zip_bytes(files))).default_series
+    files = [*series[:3], ("again.dcm", edit(series[1][1], copy_of))]
+    s = _only(load_studies(zip_bytes(files))).default_series
     assert s.n_slices == 4
     assert any("same position" in w for w in s.warnings), s.warnings
     assert not any("Gap" in w for w in s.warnings)
@@ -457,7 +421,7 @@ def test_duplicate_positions_are_reported(series) -> None:
 
 def test_the_same_file_twice_is_read_once(series) -> None:
     files = [*series[:3], ("copy/of/first.dcm", series[0][1])]
-    study = _only(load_studies(_zip_bytes(files)))
+    study = _only(load_studies(zip_bytes(files)))
     assert study.default_series.n_slices == 3
     assert any("1 file(s) repeated an image already read" in w for w in study.warnings)
 
@@ -466,16 +430,16 @@ def test_the_same_file_twice_is_read_once(series) -> None:
 
 
 def test_two_studies_in_one_zip_are_kept_apart(series, other_series) -> None:
-    studies = load_studies(_zip_bytes([*series[:4], *other_series]))
+    studies = load_studies(zip_bytes([*series[:4], *other_series]))
     assert len(studies) == 2
     by_uid = {s.study_instance_uid: s for s in studies}
     for files in (series[:4], other_series):
-        first = _read(files[0][1])
+        first = read_ds(files[0][1])
         study = by_uid[first.StudyInstanceUID]
         assert len(study.series) == 1
         assert study.default_series.series_instance_uid == first.SeriesInstanceUID
         assert {x.sop_instance_uid for x in study.default_series.slices} == {
-            _read(d).SOPInstanceUID for _, d in files
+            read_ds(d).SOPInstanceUID for _, d in files
         }
 
 
@@ -510,9 +474,9 @@ def test_default_series_is_the_axial_one(series, variant) -> None:
         ds.SeriesNumber = 1
         ds.SeriesDescription = "AXIAL 5mm"
 
-    main = [(n, _edit(d, axial)) for n, d in series[:3]]
-    second = [(f"other/{i}.dcm", _edit(d, other)) for i, (_, d) in enumerate(series[3:8])]
-    study = _only(load_studies(_zip_bytes([*main, *second])))
+    main = [(n, edit(d, axial)) for n, d in series[:3]]
+    second = [(f"other/{i}.dcm", edit(d, other)) for i, (_, d) in enumerate(series[3:8])]
+    study = _only(load_studies(zip_bytes([*main, *second])))
     assert len(study.series) == 2
     assert sorted(s.n_slices for s in study.series) == [3, 5]
     default = study.default_series
@@ -524,7 +488,7 @@ def test_default_series_is_the_axial_one(series, variant) -> None:
 
 
 def test_folder_and_bytes_give_the_same_slices_as_the_zip(series, tmp_path) -> None:
-    path = _zip(series[:5], tmp_path / "study.zip")
+    path = write_zip(series[:5], tmp_path / "study.zip")
     root = tmp_path / "upload" / "disk" / "nested"
     with zipfile.ZipFile(path) as zf:
         zf.extractall(root)

@@ -8,14 +8,13 @@ JPEG Lossless SV1 with GDCM, which is the only installed encoder for that syntax
 
 from __future__ import annotations
 
-import io
-import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from dicom_helpers import read_ds, write_ds, write_zip
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -50,20 +49,6 @@ def real_slices(study_zips: list[Path]) -> dict[str, list[tuple[str, bytes]]]:
     return out
 
 
-def _read(data: bytes) -> pydicom.Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the RSNA UIDs ("ID_…") are not valid UIDs
-        return pydicom.dcmread(io.BytesIO(data))
-
-
-def _write(ds: pydicom.Dataset) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def _compress(data: bytes, syntax: UID, workdir: Path) -> bytes:
     """A copy of one DICOM file in ``syntax``, encoded by pydicom or (JPEG Lossless SV1) GDCM."""
     if syntax == JPEGLosslessSV1:
@@ -84,18 +69,11 @@ def _compress(data: bytes, syntax: UID, workdir: Path) -> bytes:
         writer.SetImage(change.GetOutput())
         assert writer.Write(), "GDCM could not write the JPEG Lossless file"
         return dst.read_bytes()
-    ds = _read(data)
+    ds = read_ds(data)
     # No adjustment is needed for either format: the stored values already fit BitsStored (see
     # test_the_two_real_pixel_formats), which is what the pydicom encoders require.
     ds.compress(syntax, generate_instance_uid=False)  # keep the real UIDs, to compare order
-    return _write(ds)
-
-
-def _zip(files: list[tuple[str, bytes]], path: Path) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files:
-            zf.writestr(name, data)
-    return path
+    return write_ds(ds)
 
 
 def test_the_two_real_pixel_formats(real_slices) -> None:
@@ -107,7 +85,7 @@ def test_the_two_real_pixel_formats(real_slices) -> None:
     }
     for study_id, files in real_slices.items():
         for _, data in files:
-            ds = _read(data)
+            ds = read_ds(data)
             bits, representation, syntax = expected[study_id]
             assert (ds.BitsStored, ds.PixelRepresentation) == (bits, representation), study_id
             assert ds.file_meta.TransferSyntaxUID == syntax, study_id
@@ -123,9 +101,9 @@ def test_the_two_real_pixel_formats(real_slices) -> None:
 @pytest.mark.parametrize("study_id", [UNSIGNED_12, SIGNED_16])
 def test_compressed_slice_decodes_to_the_same_hu(real_slices, study_id, syntax, tmp_path) -> None:
     name, original = real_slices[study_id][0]
-    expected = to_hu(_read(original))
+    expected = to_hu(read_ds(original))
     encoded = _compress(original, syntax, tmp_path)
-    ds = _read(encoded)
+    ds = read_ds(encoded)
     assert ds.file_meta.TransferSyntaxUID == syntax, "the copy was not re-encoded"
     assert len(encoded) < len(original), f"{syntax.name} should be smaller than the original"
     assert np.array_equal(to_hu(ds), expected), f"{syntax.name} changed the HU of {name}"
@@ -142,9 +120,9 @@ def test_zip_of_compressed_slices_loads_like_the_uncompressed_zip(
     real_slices, study_id, syntax, tmp_path
 ) -> None:
     files = real_slices[study_id]
-    plain = load_studies(_zip(files, tmp_path / "plain.zip"))
+    plain = load_studies(write_zip(files, tmp_path / "plain.zip"))
     packed = [(name, _compress(data, syntax, tmp_path)) for name, data in files]
-    compressed = load_studies(_zip(packed, tmp_path / "compressed.zip"))
+    compressed = load_studies(write_zip(packed, tmp_path / "compressed.zip"))
     assert len(plain) == len(compressed) == 1
     a, b = plain[0].default_series, compressed[0].default_series
     assert b.n_slices == a.n_slices == N_SLICES
@@ -159,13 +137,13 @@ def test_zip_of_compressed_slices_loads_like_the_uncompressed_zip(
 def _buggy_rsna_form(data: bytes, intercept: float) -> tuple[pydicom.Dataset, np.ndarray]:
     """The wrap-around found in some RSNA 2019 files: 12-bit unsigned, HU stored modulo 4096
     with an intercept near 0. Returns that dataset and the HU it stands for."""
-    ds = _read(data)
+    ds = read_ds(data)
     expected = np.clip(to_hu(ds), -1000, 3000).astype(np.int16)
     stored = np.mod(expected.astype(np.int32), 4096).astype(np.uint16)
     ds.PixelData = stored.tobytes()
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.RescaleIntercept, ds.RescaleSlope = intercept, 1
-    return _read(_write(ds)), expected
+    return read_ds(write_ds(ds)), expected
 
 
 @pytest.mark.parametrize("intercept", [1, 0, -99])
@@ -178,36 +156,36 @@ def test_rsna_12bit_wraparound_is_restored(real_slices, intercept) -> None:
     assert np.median(naive[5:40, 150:360]) > 2800
     assert np.array_equal(to_hu(ds), expected)
     assert -1030 <= np.median(to_hu(ds)[5:40, 150:360]) <= -900
-    raw = read_member(Member(name, _write(ds)))
+    raw = read_member(Member(name, write_ds(ds)))
     assert isinstance(raw, RawSlice) and np.array_equal(raw.hu, expected)
 
 
 def test_correct_slices_are_not_touched_by_the_rsna_fix(real_slices) -> None:
     # A correct 12-bit unsigned slice (intercept -1024): HU = stored - 1024, nothing shifted.
-    ds = _read(real_slices[UNSIGNED_12][1][1])
+    ds = read_ds(real_slices[UNSIGNED_12][1][1])
     assert ds.BitsStored == 12 and float(ds.RescaleIntercept) == -1024
     stored = ds.pixel_array.astype(np.int32)
     assert np.array_equal(to_hu(ds), np.clip(stored - 1024, -1024, None))
     # A 16-bit signed slice storing HU directly (intercept 0 > -100) is no 12-bit file either.
-    ds = _read(real_slices[SIGNED_16][1][1])
+    ds = read_ds(real_slices[SIGNED_16][1][1])
     hu = ds.pixel_array.astype(np.int32) - 1024
     ds.PixelData = hu.astype(np.int16).tobytes()
     ds.RescaleIntercept = 0
-    ds = _read(_write(ds))
+    ds = read_ds(write_ds(ds))
     assert np.array_equal(to_hu(ds), np.clip(hu, -1024, None))
 
 
 def test_unsigned_pixel_padding_value_becomes_air(real_slices) -> None:
-    ds = _read(real_slices[UNSIGNED_12][2][1])
+    ds = read_ds(real_slices[UNSIGNED_12][2][1])
     reference = to_hu(ds)
     stored = ds.pixel_array.copy()
     assert not (stored == 4095).any()
     stored[:40, :40] = 4095  # 3071 HU if read as a pixel
     ds.PixelData = stored.tobytes()
-    unpadded = to_hu(_read(_write(ds)))
+    unpadded = to_hu(read_ds(write_ds(ds)))
     assert (unpadded[:40, :40] == 3071).all()
     ds.add_new(0x00280120, "US", 4095)  # PixelPaddingValue
-    hu = to_hu(_read(_write(ds)))
+    hu = to_hu(read_ds(write_ds(ds)))
     assert (hu[:40, :40] == -1024).all()
     outside = np.ones_like(hu, dtype=bool)
     outside[:40, :40] = False
@@ -215,13 +193,13 @@ def test_unsigned_pixel_padding_value_becomes_air(real_slices) -> None:
 
 
 def test_unsigned_pixel_padding_range_becomes_air(real_slices) -> None:
-    ds = _read(real_slices[UNSIGNED_12][2][1])
+    ds = read_ds(real_slices[UNSIGNED_12][2][1])
     stored = ds.pixel_array.copy()
     stored[:16, :256] = (4000 + np.arange(16 * 256) % 96).reshape(16, 256)  # 4000..4095
     ds.PixelData = stored.tobytes()
     ds.add_new(0x00280120, "US", 4000)  # PixelPaddingValue
     ds.add_new(0x00280121, "US", 4095)  # PixelPaddingRangeLimit
-    hu = to_hu(_read(_write(ds)))
+    hu = to_hu(read_ds(write_ds(ds)))
     assert (hu[:16, :256] == -1024).all()
     assert hu[200:300, 200:300].max() > 0, "the head must not be taken for padding"
 
@@ -232,7 +210,7 @@ def test_unsigned_pixel_padding_range_becomes_air(real_slices) -> None:
     ids=["as-SS", "two's-complement-as-US"],
 )
 def test_signed_pixel_padding_value_becomes_air(real_slices, vr, value) -> None:
-    ds = _read(real_slices[SIGNED_16][2][1])
+    ds = read_ds(real_slices[SIGNED_16][2][1])
     # Store HU directly (intercept 0) so that a padding value of -1000 would read as -1000 HU,
     # not as the -1024 that padding must become.
     hu0 = ds.pixel_array.astype(np.int32) - 1024
@@ -240,22 +218,22 @@ def test_signed_pixel_padding_value_becomes_air(real_slices, vr, value) -> None:
     stored[:40, :40] = -1000
     ds.PixelData = stored.tobytes()
     ds.RescaleIntercept = 0
-    unpadded = to_hu(_read(_write(ds)))
+    unpadded = to_hu(read_ds(write_ds(ds)))
     assert (unpadded[:40, :40] == -1000).all()
     ds.add_new(0x00280120, vr, value)  # PixelPaddingValue
-    padded = _read(_write(ds))
+    padded = read_ds(write_ds(ds))
     hu = to_hu(padded)
     assert (hu[:40, :40] == -1024).all()
     assert (hu[stored == -1000] == -1024).all(), "every pixel equal to the padding value is air"
     keep = stored != -1000
     assert np.array_equal(hu[keep], unpadded[keep])
-    raw = read_member(Member("padded.dcm", _write(ds)))
+    raw = read_member(Member("padded.dcm", write_ds(ds)))
     assert isinstance(raw, RawSlice) and np.array_equal(raw.hu, hu)
 
 
 def test_signed_padding_in_an_implicit_vr_file(real_slices) -> None:
     """Implicit VR carries no VR: the value's sign must come from PixelRepresentation."""
-    ds = _read(real_slices[SIGNED_16][2][1])
+    ds = read_ds(real_slices[SIGNED_16][2][1])
     hu0 = ds.pixel_array.astype(np.int32) - 1024
     stored = hu0.astype(np.int16)
     stored[:40, :40] = -1000
@@ -263,8 +241,8 @@ def test_signed_padding_in_an_implicit_vr_file(real_slices) -> None:
     ds.RescaleIntercept = 0
     ds.add_new(0x00280120, "SS", -1000)
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    data = _write(ds)
-    back = _read(data)
+    data = write_ds(ds)
+    back = read_ds(data)
     assert back.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     hu = to_hu(back)
     assert (hu[:40, :40] == -1024).all()
