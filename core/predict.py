@@ -1,0 +1,202 @@
+"""``python -m core.predict STUDY.zip [...] [--json OUT] [--cam-dir DIR] [--device cpu|cuda]``.
+
+Scores every study in the given zips or folders with the installed model (or ``--weights
+CARD.json``), prints one line per study, and can write per-slice probabilities as JSON and
+Grad-CAM overlays as PNG, for review outside the dashboard or for batch runs.
+
+Exit codes: 0 done; 1 an output file could not be written; 2 the input cannot be read as CT;
+3 no usable model (missing, damaged, or a GPU requested where there is none). Messages are
+written for the person at the terminal, never as tracebacks. Patient names and IDs are never
+printed or written: studies are named by their StudyInstanceUID, and PNG file names are built
+from sanitized UIDs, never from the uploaded file names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from core.engine import Predictor, StudyPrediction
+from core.errors import ICHError, ModelError
+from core.explain import render_overlay
+from core.labels import LABELS, SHORT_NAMES
+from core.model import NOTICE, load_checkpoint
+from core.study import Study, load_studies
+from core.windowing import BRAIN
+
+EXIT_OK = 0
+EXIT_OUTPUT = 1
+EXIT_INPUT = 2
+EXIT_MODEL = 3
+
+
+def safe_name(uid: str, limit: int = 64) -> str:
+    """A UID as a file-name part: letters, digits, '.', '_', '-' only, never starting with a dot;
+    a short hash is appended when anything had to change, so two UIDs never share a file."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", uid).strip("._-")[:limit]
+    if cleaned == uid and cleaned:
+        return cleaned
+    digest = hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{cleaned or 'uid'}-{digest}"
+
+
+def write_heatmaps(
+    predictor: Predictor, study: Study, prediction: StudyPrediction, cam_dir: Path
+) -> list[dict[str, Any]]:
+    """Grad-CAM overlays (brain window) of the peak slice for 'any' and for the top subtype."""
+    series = study.default_series
+    written: list[dict[str, Any]] = []
+    for label in dict.fromkeys(("any", prediction.top_subtype)):
+        index = prediction.peak_slice[label]
+        heatmap = predictor.explain(series, index, label)
+        rgb = render_overlay(series.hu[index], heatmap, BRAIN.level, BRAIN.width)
+        name = f"{safe_name(study.study_instance_uid)}_slice{index:03d}_{label}.png"
+        Image.fromarray(rgb).save(cam_dir / name)
+        written.append(
+            {
+                "label": label,
+                "slice_index": index,
+                "SOPInstanceUID": series.slices[index].sop_instance_uid,
+                "probability": round(heatmap.probability, 6),
+                "file": name,
+            }
+        )
+    return written
+
+
+def format_table(predictor: Predictor, rows: list[StudyPrediction]) -> str:
+    """One line per study: slice count, the six study-level probabilities, the peaks."""
+    loaded = predictor.loaded
+    width = max([len("StudyInstanceUID")] + [len(p.study_instance_uid) for p in rows])
+    head = f"{'StudyInstanceUID':<{width}}  Slices " + " ".join(f"{s:>6}" for s in SHORT_NAMES)
+    lines = [
+        f"Model {predictor.weights_identity} ({loaded.spec.arch}, "
+        f"{loaded.spec.input_size} px) on {predictor.device}. {NOTICE}",
+        "Study-level probability = the highest over the study's slices.",
+        head + "  Peak slice (any) · top subtype",
+    ]
+    for p in rows:
+        scores = " ".join(f"{p.study_scores[label]:6.3f}" for label in LABELS)
+        top = p.top_subtype
+        lines.append(
+            f"{p.study_instance_uid:<{width}}  {len(p.slices):6d} {scores}  "
+            f"{p.peak_slice['any']:4d} · {top} {p.study_scores[top]:.3f} "
+            f"(slice {p.peak_slice[top]})"
+        )
+    return "\n".join(lines)
+
+
+def _progress(label: str) -> Any:
+    if not sys.stderr.isatty():
+        return None
+
+    def report(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        print(f"\r{label}: {done}/{total} slices", end=end, file=sys.stderr, flush=True)
+
+    return report
+
+
+def _load_predictor(args: argparse.Namespace) -> Predictor:
+    if args.weights is None:
+        return Predictor.from_default(args.device, batch_size=args.batch_size)
+    loaded = load_checkpoint(args.weights)
+    return Predictor(loaded, args.device, batch_size=args.batch_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m core.predict",
+        description="Score head-CT studies for intracranial hemorrhage (research use only).",
+    )
+    parser.add_argument("sources", nargs="+", metavar="STUDY", help="study zip or folder")
+    parser.add_argument("--json", metavar="OUT", help="write probabilities as JSON ('-': stdout)")
+    parser.add_argument("--cam-dir", type=Path, help="write Grad-CAM overlays (PNG) here")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: a GPU if present")
+    parser.add_argument("--weights", type=Path, help="model card (.json); default: installed")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+
+    try:
+        predictor = _load_predictor(args)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+
+    studies: list[Study] = []
+    for source in args.sources:
+        try:
+            studies += load_studies(source)
+        except ICHError as exc:
+            print(f"error: {source}: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+
+    if args.cam_dir is not None:
+        try:
+            args.cam_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"error: cannot create {args.cam_dir}: {exc.strerror}", file=sys.stderr)
+            return EXIT_OUTPUT
+
+    predictions: list[StudyPrediction] = []
+    summaries: list[dict[str, Any]] = []
+    for i, study in enumerate(studies, 1):
+        try:
+            prediction = predictor.predict(study, _progress(f"study {i}/{len(studies)}"))
+            summary = prediction.to_dict()
+            summary["warnings"] = list(study.warnings) + list(study.default_series.warnings)
+            if args.cam_dir is not None:
+                summary["heatmaps"] = write_heatmaps(predictor, study, prediction, args.cam_dir)
+        except ModelError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_MODEL
+        except OSError as exc:
+            print(f"error: cannot write a heatmap to {args.cam_dir}: {exc}", file=sys.stderr)
+            return EXIT_OUTPUT
+        predictions.append(prediction)
+        summaries.append(summary)
+
+    document = {
+        "notice": NOTICE,
+        "model": {
+            "weights_identity": predictor.weights_identity,
+            "name": predictor.loaded.name,
+            "card": predictor.loaded.card_path.name,
+            "arch": predictor.spec.arch,
+            "input_size": predictor.spec.input_size,
+        },
+        "device": predictor.device,
+        "labels": list(LABELS),
+        "study_score": "maximum over the slices of the series",
+        "studies": summaries,
+    }
+    if args.json == "-":
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(format_table(predictor, predictions))
+    if args.json is not None:
+        try:
+            Path(args.json).write_text(
+                json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
+        except OSError as exc:
+            print(f"error: cannot write {args.json}: {exc.strerror}", file=sys.stderr)
+            return EXIT_OUTPUT
+        print(f"Per-slice probabilities written to {args.json}")
+    if args.cam_dir is not None:
+        n = sum(len(s["heatmaps"]) for s in summaries)
+        print(f"{n} Grad-CAM overlay(s) written to {args.cam_dir}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
