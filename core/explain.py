@@ -157,4 +157,10 @@ def render_overlay(
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-__all__ = ["GradCamExplainer", "Heatmap", "render_overlay"]
+def colorbar_image(width: int = 512, height: int = 14, colormap: str = "jet") -> np.ndarray:
+    """The overlay's colour scale, low (left) to high (right), as uint8 RGB (height, width, 3)."""
+    ramp = np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))
+    return cv2.cvtColor(cv2.applyColorMap(ramp, _colormap(colormap)), cv2.COLOR_BGR2RGB)
+
+
+__all__ = ["GradCamExplainer", "Heatmap", "colorbar_image", "render_overlay"]

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -130,6 +132,9 @@ class ReviewStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('pseudonym_salt', ?)", (secrets.token_hex(16),)
+            )
             found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if found is None:
                 conn.execute(
@@ -154,6 +159,13 @@ class ReviewStore:
                 f"The review database {self.path.name} cannot be used ({exc}). "
                 "Nothing was saved; ask IT to check the data folder."
             ) from exc
+
+    @cached_property
+    def salt(self) -> str:
+        """Per-installation secret mixed into patient pseudonyms, so the same patient gets the
+        same pseudonym here but pseudonyms cannot be matched across sites."""
+        with self._connect() as conn:
+            return conn.execute("SELECT value FROM meta WHERE key = 'pseudonym_salt'").fetchone()[0]
 
     def save_study(self, record: StudyRecord) -> None:
         """Add the study to the saved worklist (or refresh its entry)."""

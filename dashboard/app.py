@@ -1,4 +1,8 @@
-"""ICH review: streamlit run dashboard/app.py. Page wiring only; every computation is in core/."""
+"""ICH review — ``streamlit run dashboard/app.py``. Page wiring only; work is done in core/.
+
+Order matters: the slice is drawn before the model runs (pending predictions run at the end of
+the script, then the page reruns with the probabilities).
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,41 @@ from pathlib import Path
 
 import streamlit as st
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # run from any folder, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # works installed or not
 
+from dashboard import resources  # noqa: E402
 from dashboard.state import session  # noqa: E402
-from dashboard.views import intake, model_card, viewer, worklist  # noqa: E402
+from dashboard.views import intake, model_card, review, viewer, worklist  # noqa: E402
 
 st.set_page_config(page_title="ICH review", page_icon="🧠", layout="wide")
 sess = session()
+store = resources.current_store()
+predictor, model_message = resources.predictor(resources.weights_dir())
+
 with st.sidebar:
     st.title("ICH review")
     intake.render(sess)
-    worklist.render(sess)
-    model_card.render()
-if sess.open_uid and sess.open_uid in sess.studies:
-    viewer.render(sess.studies[sess.open_uid])
-else:
-    st.markdown("### Acute intracranial hemorrhage review\nUpload head CT studies in the sidebar.")
+    model_card.render(predictor, model_message)
+
+worklist.render(sess, store)
+study = sess.studies.get(sess.open_uid) if sess.open_uid else None
+if study is not None:
+    prediction = sess.predictions.get(study.study_instance_uid)
+    patient = study.patient_label(sess.show_identity, store.salt)
+    viewer.render(study, prediction, predictor, model_message, patient)
+    review.render(sess, store, study, prediction)
+elif sess.open_uid:
+    review.render_saved(store, sess.open_uid)
+
+if predictor is not None and sess.pending:
+    bar = st.progress(0.0, text="Running the model…")
+    for uid in list(sess.pending):
+        study = sess.studies[uid]
+
+        def progress(done: int, total: int) -> None:
+            bar.progress(done / max(total, 1), text=f"Running the model: slice {done}/{total}")
+
+        sess.predictions[uid] = predictor.predict(study, progress=progress)
+        sess.pending.remove(uid)
+    bar.empty()
+    st.rerun()

@@ -1,8 +1,10 @@
-"""Per-user session state: the studies this user opened. Nothing here is shared between users."""
+"""Per-user session state. Streamlit keeps one per browser session: nothing here is shared
+between users; only what a user saves to the worklist (core.store) is."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import streamlit as st
 
@@ -12,9 +14,13 @@ from core.study import Study
 @dataclass
 class Session:
     studies: dict[str, Study] = field(default_factory=dict)  # by StudyInstanceUID
-    messages: list[tuple[str, str, str]] = field(default_factory=list)  # (file, level, text)
+    predictions: dict[str, Any] = field(default_factory=dict)  # uid → core.engine.StudyPrediction
+    pending: list[str] = field(default_factory=list)  # uids waiting for the model
+    messages: list[tuple[str, str, str]] = field(default_factory=list)  # (source, level, text)
+    seen_uploads: set[str] = field(default_factory=set)
     open_uid: str | None = None
     show_identity: bool = False
+    reviewer: str = ""
 
 
 def session() -> Session:

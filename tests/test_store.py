@@ -107,3 +107,10 @@ def test_data_dir_follows_the_environment(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("ICH_REVIEW_DATA", str(tmp_path / "site"))
     assert data_dir() == tmp_path / "site" and (tmp_path / "site").is_dir()
     assert ReviewStore().path == tmp_path / "site" / "reviews.sqlite3"
+
+
+def test_pseudonym_salt_is_per_installation_and_stable(tmp_path) -> None:
+    a = ReviewStore(tmp_path / "a.sqlite3")
+    assert len(a.salt) == 32
+    assert ReviewStore(tmp_path / "a.sqlite3").salt == a.salt
+    assert ReviewStore(tmp_path / "b.sqlite3").salt != a.salt

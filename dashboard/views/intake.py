@@ -1,4 +1,7 @@
-"""Upload of DICOM zips (or the bundled demo study) into the user's session."""
+"""Intake: upload one or more DICOM zips (or open the bundled demo study).
+
+A bad file gets its message next to its name; the good ones of the same upload still load.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from dashboard.state import Session
 DEMO_ZIP = Path(__file__).resolve().parents[1] / "demo" / "ID_4d28912ba6.zip"
 
 
-def _add(sess: Session, label: str, source: bytes | Path) -> None:
+def add_source(sess: Session, label: str, source: bytes | Path) -> None:
     bar = st.progress(0.0, text=f"Reading {label}…")
 
     def progress(done: int, total: int) -> None:
@@ -27,27 +30,29 @@ def _add(sess: Session, label: str, source: bytes | Path) -> None:
     finally:
         bar.empty()
     for study in studies:
-        sess.studies[study.study_instance_uid] = study
+        uid = study.study_instance_uid
+        sess.studies[uid] = study
+        if uid not in sess.predictions and uid not in sess.pending:
+            sess.pending.append(uid)
         sess.messages += [(label, "warning", w) for w in study.warnings]
-        sess.open_uid = sess.open_uid or study.study_instance_uid
+    sess.messages.append((label, "success", f"{len(studies)} study(ies) loaded."))
+    sess.open_uid = studies[0].study_instance_uid
 
 
 def render(sess: Session) -> None:
-    st.subheader("Studies")
     uploads = st.file_uploader(
-        "DICOM zips",
+        "Upload DICOM zips",
         type=["zip"],
         accept_multiple_files=True,
         key="uploads",
         help="One or more zips, each holding one or more CT studies (files at any depth).",
     )
-    seen = st.session_state.setdefault("seen_uploads", set())
     for up in uploads or []:
-        if up.file_id in seen:
-            continue
-        seen.add(up.file_id)
-        _add(sess, up.name, up.getvalue())
-    if st.button("Open the demo study", width="stretch"):
-        _add(sess, "demo study", DEMO_ZIP)
-    for label, level, text in sess.messages[-8:]:
-        (st.error if level == "error" else st.warning)(f"**{label}**: {text}")
+        if up.file_id not in sess.seen_uploads:
+            sess.seen_uploads.add(up.file_id)
+            add_source(sess, up.name, up.getvalue())
+    if st.button("Open the demo study", width="stretch", key="open-demo"):
+        add_source(sess, "demo study", DEMO_ZIP)
+    for label, level, text in sess.messages[-10:]:
+        show = {"error": st.error, "warning": st.warning, "success": st.success}[level]
+        show(f"**{label}**: {text}")

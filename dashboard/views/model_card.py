@@ -1,13 +1,34 @@
-"""What model is loaded, and the research-use notice."""
+"""The model panel: which weights are loaded, their card, and the research-use notice."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 
+NOTICE = "Research use only — not a medical device."
 
-def render() -> None:
-    st.caption("**Research use only — not a medical device.**")
-    st.info(
-        "No trained model is installed yet: the viewer works, but no hemorrhage probabilities "
-        "are shown. Random weights are never used in their place."
-    )
+
+def render(predictor: Any | None, message: str) -> None:
+    st.caption(f"**{NOTICE}**")
+    if predictor is None:
+        st.warning(
+            f"{message} The viewer works without a model, but shows no hemorrhage "
+            "probabilities or heatmaps. Random weights are never used in their place."
+        )
+        return
+    card = predictor.loaded.card
+    with st.expander(f"Model: {predictor.loaded.weights_identity}", expanded=False):
+        st.markdown(
+            f"- **Architecture**: {card.get('arch')} at {card.get('input_size')} px\n"
+            f"- **Created**: {card.get('created', '—')}\n"
+            f"- **Windows**: {', '.join(w['name'] for w in card.get('windows', []))}\n"
+            f"- **Training data**: {card.get('training_data', 'not recorded')}\n"
+            f"- **Device**: {predictor.device}"
+        )
+        metrics = card.get("metrics")
+        if metrics:
+            st.markdown("**Measured metrics**")
+            st.json(metrics, expanded=False)
+        else:
+            st.warning("This model's card records no measured metrics.")

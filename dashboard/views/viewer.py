@@ -1,40 +1,205 @@
-"""The slice viewer: one slice large, slice slider, window presets and free level/width.
+"""The slice viewer: the slice large, scroll, windows, Grad-CAM beside the probabilities, and a
+per-slice strip that shows where along the head each label fires.
 
-Renders from the series' cached HU array; nothing is re-read when the slice or window changes.
+It runs as a fragment: scrolling or windowing reruns only this view, from the series' cached
+HU array; the zip is never re-read and the model never re-run for a slice or window change.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
+from core.explain import colorbar_image, render_overlay
+from core.labels import LABELS
 from core.study import Study
 from core.windowing import PRESETS, apply_window
+from dashboard import resources
+
+CAM_NOTE = (
+    "Grad-CAM shows where the model looked for this label; every map is rescaled to 0–1, so "
+    "read it with the probability beside it."
+)
 
 
-def render(study: Study) -> None:
-    series = study.default_series
-    n = series.n_slices
-    for w in series.warnings:
-        st.warning(w)
-    cols = st.columns([3, 1])
-    with cols[1]:
-        preset = st.selectbox("Window", list(PRESETS), key="preset")
-        window = PRESETS[preset]
-        level = st.slider("Level (HU)", -1000, 3000, int(window.level), key=f"level-{preset}")
-        width = st.slider("Width (HU)", 1, 4000, int(window.width), key=f"width-{preset}")
-        index = (
-            st.slider("Slice", 1, n, (n + 1) // 2, key=f"slice-{series.series_instance_uid}") - 1
-            if n > 1
-            else 0
+def _set_slice(key: str, value: int) -> None:
+    st.session_state[key] = value
+
+
+def _apply_strip_selection(uid: str, slice_key: str, n: int) -> None:
+    """A click on the per-slice strip (the previous run's selection) moves the viewer there."""
+    state = st.session_state.get(f"strip-{uid}")
+    points = (state or {}).get("selection", {}).get("points", []) if state else []
+    chosen = tuple(int(p["x"]) for p in points if "x" in p)
+    if chosen and chosen != st.session_state.get(f"strip-applied-{uid}"):
+        st.session_state[f"strip-applied-{uid}"] = chosen
+        st.session_state[slice_key] = min(max(chosen[0], 1), n)
+
+
+def _bar_chart(prediction: Any, index: int) -> go.Figure:
+    fig = go.Figure(
+        [
+            go.Bar(name=f"slice {index + 1}", x=list(LABELS), y=prediction.probs[index].tolist()),
+            go.Bar(
+                name="study (max)", x=list(LABELS), y=[prediction.study_scores[k] for k in LABELS]
+            ),
+        ]
+    )
+    fig.update_layout(
+        barmode="group",
+        template="plotly_dark",
+        height=300,
+        margin=dict(l=10, r=10, t=30, b=10),
+        yaxis=dict(range=[0, 1], title="probability"),
+        legend=dict(orientation="h", y=1.15),
+        title=dict(text="Probabilities", font=dict(size=14)),
+    )
+    return fig
+
+
+def _strip(prediction: Any, index: int) -> go.Figure:
+    probs = np.asarray(prediction.probs)
+    n = probs.shape[0]
+    xs = np.arange(1, n + 1)
+    fig = go.Figure(
+        go.Heatmap(
+            z=probs.T,
+            x=xs,
+            y=list(LABELS),
+            zmin=0,
+            zmax=1,
+            colorscale="Inferno",
+            colorbar=dict(title="P", thickness=10),
+            hovertemplate="slice %{x} · %{y}: %{z:.2f}<extra></extra>",
         )
-        info = series.slices[index]
-        st.caption(f"Slice {index + 1} of {n} · z = {info.z:.1f} mm")
-        if series.tilt_deg:
-            st.caption(f"Gantry tilt {series.tilt_deg:.1f}°")
-    with cols[0]:
-        st.image(
-            apply_window(series.hu[index], level, width),
-            caption=f"Slice {index + 1}/{n} · z {info.z:.1f} mm · W {width} L {level}",
+    )
+    # Heatmaps cannot be selected in plotly: invisible markers on every cell take the click.
+    grid_x, grid_y = np.meshgrid(xs, np.arange(len(LABELS)))
+    fig.add_trace(
+        go.Scatter(
+            x=grid_x.ravel(),
+            y=[LABELS[i] for i in grid_y.ravel()],
+            mode="markers",
+            marker=dict(size=14, opacity=0.0),
+            hoverinfo="skip",
+            showlegend=False,
+        )
+    )
+    fig.add_vline(x=index + 1, line=dict(color="#4da3ff", width=2))
+    fig.update_layout(
+        template="plotly_dark",
+        height=240,
+        margin=dict(l=10, r=10, t=30, b=10),
+        title=dict(text="Per-slice probabilities (click a slice to open it)", font=dict(size=14)),
+        xaxis=dict(title="slice (feet → head)"),
+        yaxis=dict(autorange="reversed"),
+        clickmode="event+select",
+        dragmode=False,
+    )
+    return fig
+
+
+@st.fragment
+def render(
+    study: Study,
+    prediction: Any | None,
+    predictor: Any | None,
+    model_note: str,
+    patient: str,
+) -> None:
+    series = study.default_series
+    uid = study.study_instance_uid
+    n = series.n_slices
+    slice_key = f"slice-{uid}"
+    peak = int(prediction.peak_slice["any"]) + 1 if prediction is not None else (n + 1) // 2
+    st.session_state.setdefault(slice_key, peak)
+    if prediction is not None:
+        _apply_strip_selection(uid, slice_key, n)
+
+    date = study.study_date.isoformat() if study.study_date else "no date"
+    st.markdown(
+        f"#### {patient} · {date} · "
+        f"{series.description or 'axial CT'} · {n} slices"
+    )
+    if series.warnings:
+        with st.expander(f"{len(series.warnings)} warning(s) about this series"):
+            for w in series.warnings:
+                st.warning(w)
+
+    image_col, side_col = st.columns([3, 2], gap="medium")
+    with side_col:
+        nav = st.columns(3)
+        nav[0].button(
+            "◀ Previous",
+            key=f"prev-{uid}",
             width="stretch",
-            output_format="PNG",  # lossless: JPEG artefacts have no place on a CT slice
+            disabled=st.session_state[slice_key] <= 1,
+            on_click=_set_slice,
+            args=(slice_key, st.session_state[slice_key] - 1),
+        )
+        nav[1].button(
+            "Next ▶",
+            key=f"next-{uid}",
+            width="stretch",
+            disabled=st.session_state[slice_key] >= n,
+            on_click=_set_slice,
+            args=(slice_key, st.session_state[slice_key] + 1),
+        )
+        nav[2].button(
+            "Most suspicious",
+            key=f"peak-{uid}",
+            width="stretch",
+            disabled=prediction is None,
+            on_click=_set_slice,
+            args=(slice_key, peak),
+            help="Jump to the slice with the highest P(any).",
+        )
+        if n > 1:
+            st.slider("Slice", 1, n, key=slice_key)
+        index = int(st.session_state[slice_key]) - 1
+        info = series.slices[index]
+        preset = st.selectbox("Window preset", list(PRESETS), key="preset")
+        window = PRESETS[preset]
+        wl = st.columns(2)
+        level = wl[0].slider("Level (HU)", -1000, 3000, int(window.level), key=f"level-{preset}")
+        width = wl[1].slider("Width (HU)", 1, 4000, int(window.width), key=f"width-{preset}")
+
+        heat = None
+        if prediction is not None and predictor is not None:
+            cam_on = st.toggle("Grad-CAM heatmap", key="cam-on")
+            if cam_on:
+                label = st.selectbox("Heatmap label", list(LABELS), key="cam-label")
+                opacity = st.slider("Opacity", 0.0, 1.0, 0.4, 0.05, key="cam-opacity")
+                heat = resources.heatmap(
+                    predictor, prediction.weights_identity, series, series.pixel_hash, index, label
+                )
+            st.plotly_chart(_bar_chart(prediction, index), key=f"bars-{uid}")
+        else:
+            st.info(f"No probabilities for this study. {model_note}".strip())
+
+    with image_col:
+        caption = f"Slice {index + 1} of {n} · z = {info.z:.1f} mm · W {width} L {level}"
+        if heat is not None:
+            image = render_overlay(series.hu[index], heat, level, width, opacity)
+            caption += f" · Grad-CAM '{heat.label}', P = {heat.probability:.3f} on this slice"
+        else:
+            image = apply_window(series.hu[index], level, width)
+        st.image(image, caption=caption, width="stretch", output_format="PNG")
+        if heat is not None:
+            st.image(colorbar_image(), width="stretch", output_format="PNG")
+            st.caption(f"low ← relative Grad-CAM → high. {CAM_NOTE}")
+        if series.tilt_deg:
+            st.caption(
+                f"Gantry tilt {series.tilt_deg:.1f}° (slices are sheared; shown as acquired)."
+            )
+
+    if prediction is not None:
+        st.plotly_chart(
+            _strip(prediction, index),
+            key=f"strip-{uid}",
+            on_select="rerun",
+            selection_mode="points",
         )

@@ -1,29 +1,66 @@
-"""The worklist: one row per study of this session; a click opens it."""
+"""The worklist: one row per study (this session's and those saved before), most suspicious
+first; selecting a row opens the study."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from core.store import ReviewStore
+from core.worklist import build_worklist, worklist_csv
 from dashboard.state import Session
 
 
-def render(sess: Session) -> None:
-    if not sess.studies:
+def render(sess: Session, store: ReviewStore) -> None:
+    scores = {uid: p.study_scores for uid, p in sess.predictions.items()}
+    entries = build_worklist(
+        sess.studies.values(),
+        scores,
+        store.studies(),
+        store.latest_by_study(),
+        show_identity=sess.show_identity,
+        salt=store.salt,
+    )
+    head = st.columns([4, 2, 2])
+    head[0].subheader("Worklist")
+    sess.show_identity = head[1].toggle(
+        "Show patient identity", value=sess.show_identity, key="show-identity"
+    )
+    head[2].download_button(
+        "Export CSV",
+        worklist_csv(entries),
+        file_name="worklist.csv",
+        mime="text/csv",
+        disabled=not entries,
+        key="export-worklist",
+    )
+    if not entries:
         st.info("Upload a DICOM zip or open the demo study to begin.")
         return
-    sess.show_identity = st.toggle("Show patient names and IDs", value=sess.show_identity)
-    for uid, study in sess.studies.items():
-        series = study.default_series
-        label = (
-            f"{study.patient_label(sess.show_identity)} · "
-            f"{study.study_date.isoformat() if study.study_date else 'no date'} · "
-            f"{series.n_slices} slices"
-        )
-        if st.button(
-            label,
-            key=f"open-{uid}",
-            width="stretch",
-            type="primary" if uid == sess.open_uid else "secondary",
-        ):
-            sess.open_uid = uid
-            st.rerun()
+    table = {
+        "Patient": [e.patient for e in entries],
+        "Study date": [e.study_date or "—" for e in entries],
+        "Slices": [e.n_slices for e in entries],
+        "P(any)": [e.p_any for e in entries],
+        "Top subtype": [
+            f"{e.top_subtype} {e.p_top_subtype:.2f}" if e.top_subtype else "—" for e in entries
+        ],
+        "Review": [e.review for e in entries],
+        "Images": ["open" if e.in_session else "upload again" for e in entries],
+    }
+    event = st.dataframe(
+        table,
+        hide_index=True,
+        on_select="rerun",
+        selection_mode="single-row",
+        key="worklist",
+        column_config={
+            "P(any)": st.column_config.ProgressColumn(
+                "P(any)", min_value=0.0, max_value=1.0, format="%.2f"
+            )
+        },
+    )
+    rows = tuple(event.selection.rows) if event is not None else ()
+    # Apply a selection only when it changes, so opening a study elsewhere is not undone.
+    if rows and rows != st.session_state.get("worklist-applied"):
+        st.session_state["worklist-applied"] = rows
+        sess.open_uid = entries[rows[0]].study_instance_uid

@@ -1,32 +1,168 @@
-"""The dashboard through streamlit's AppTest: demo study opens, slices and windows change."""
+"""The dashboard's flows through streamlit's AppTest (the script runs in this process)."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
-import numpy as np
+import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.study import load_studies
+
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+TIMEOUT = 180
 
 
-def _image_bytes(at: AppTest) -> bytes:
-    images = at.get("image")
-    assert images, "no image on the page"
-    return images[0].proto.imgs[0].url.encode()
+def _start() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    return at
 
 
-def test_demo_study_opens_and_window_and_slice_change_the_image() -> None:
-    at = AppTest.from_file(APP, default_timeout=120).run()
-    assert not at.exception
-    demo = next(b for b in at.sidebar.button if b.label == "Open the demo study")
-    demo.click().run()
-    assert not at.exception
-    assert any("Slice 16 of 32" in c.value for c in at.caption)
-    first = _image_bytes(at)
+def _upload(at: AppTest, *files: Path | tuple[str, bytes]) -> AppTest:
+    values = [
+        (f.name, f.read_bytes(), "application/zip")
+        if isinstance(f, Path)
+        else (*f, "application/zip")
+        for f in files
+    ]
+    at.sidebar.file_uploader[0].set_value(values if len(values) > 1 else values[0]).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _image(at: AppTest) -> tuple[str, str]:
+    """(caption, url) of the slice image in the main area."""
+    for image in at.main.get("image"):
+        for img in image.proto.imgs:
+            if img.caption.startswith("Slice "):
+                return img.caption, img.url
+    raise AssertionError("no slice image on the page")
+
+
+def _captions(at: AppTest) -> str:
+    return " | ".join(c.value for c in at.caption)
+
+
+def _worklist_rows(at: AppTest) -> int:
+    frames = at.main.get("dataframe")
+    assert frames, "no worklist table"
+    return len(frames[0].value)
+
+
+def _slice_key(at: AppTest) -> str:
+    return next(s.key for s in at.slider if s.key and s.key.startswith("slice-"))
+
+
+def test_upload_real_zip_then_worklist_viewer_probabilities(small_zip: Path, app_env: Path) -> None:
+    n = load_studies(small_zip)[0].default_series.n_slices
+    at = _upload(_start(), small_zip)
+    assert _worklist_rows(at) == 1
+    caption, _ = _image(at)
+    assert f"of {n} ·" in caption
+    assert len(at.main.get("plotly_chart")) == 2  # bars beside the image, strip below
+    # the model ran: the worklist has a P(any) for the study and the review form shows scores
+    assert any("(model " in r.label for r in at.radio)
+    table = at.main.get("dataframe")[0].value
+    assert 0.0 <= table["P(any)"][0] <= 1.0
+    patient = table["Patient"][0]
+    assert patient.startswith("Patient ")
+    assert any(m.value.startswith(f"#### {patient} ·") for m in at.main.markdown)
+
+
+def test_slider_and_preset_change_the_image(small_zip: Path, app_env: Path) -> None:
+    at = _upload(_start(), small_zip)
+    caption, url = _image(at)
+    at.slider(key=_slice_key(at)).set_value(2).run()
+    caption2, url2 = _image(at)
+    assert caption2.startswith("Slice 2 of") and url2 != url
     at.selectbox(key="preset").set_value("bone").run()
-    assert _image_bytes(at) != first
-    slider = at.slider(key=next(s.key for s in at.slider if s.key.startswith("slice-")))
-    slider.set_value(3).run()
-    assert any("Slice 3 of 32" in c.value for c in at.caption)
-    assert not np.any([m.value for m in at.error])
+    caption3, url3 = _image(at)
+    assert "W 2800 L 600" in caption3 and url3 != url2
+    at.slider(key="level-bone").set_value(300).run()
+    assert "L 300" in _image(at)[0]
+    at.button(
+        key=next(b.key for b in at.button if b.key and b.key.startswith("next-"))
+    ).click().run()
+    assert _image(at)[0].startswith("Slice 3 of")
+
+
+def test_heatmap_is_shown_with_its_probability(small_zip: Path, app_env: Path) -> None:
+    at = _upload(_start(), small_zip)
+    at.toggle(key="cam-on").set_value(True).run()
+    at.selectbox(key="cam-label").set_value("subdural").run()
+    caption, _ = _image(at)
+    assert "Grad-CAM 'subdural', P = " in caption
+    assert "relative Grad-CAM" in _captions(at)
+
+
+def test_review_saved_and_read_back_after_restart(small_zip: Path, app_env: Path) -> None:
+    at = _upload(_start(), small_zip)
+    uid = load_studies(small_zip)[0].study_instance_uid
+    at.radio(key=f"agree-{uid}-subdural").set_value("disagree")
+    at.radio(key=f"overall-{uid}").set_value("no hemorrhage")
+    at.text_area(key=f"notes-{uid}").input("calcified falx, not blood")
+    at.text_input(key=f"reviewer-{uid}").input("Dr Test")
+    next(b for b in at.button if b.label == "Save review").click().run()
+    assert not at.exception
+    assert any("Review saved" in s.value for s in at.success)
+    assert (app_env / "reviews.sqlite3").exists()
+
+    restarted = _start()  # a new session: nothing uploaded, the saved study is on the worklist
+    assert _worklist_rows(restarted) == 1
+    table = restarted.main.get("dataframe")[0].value
+    assert table["Review"][0].startswith("no hemorrhage · Dr Test")
+    assert table["Images"][0] == "upload again"
+    restarted = _upload(restarted, small_zip)
+    assert any(
+        "Latest review: **no hemorrhage** by Dr Test" in s.value and "calcified falx" in s.value
+        for s in restarted.success
+    )
+
+
+def test_review_needs_an_overall_call(small_zip: Path, app_env: Path) -> None:
+    at = _upload(_start(), small_zip)
+    uid = load_studies(small_zip)[0].study_instance_uid
+    at.text_input(key=f"reviewer-{uid}").input("Dr Test")
+    next(b for b in at.button if b.label == "Save review").click().run()
+    assert any("choose an overall call" in e.value for e in at.main.error)
+    assert not (app_env / "reviews.sqlite3").exists() or not any(
+        "Review saved" in s.value for s in at.success
+    )
+
+
+def test_bad_zip_beside_good_one(small_zip: Path, app_env: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "holiday-photos.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("beach.jpg", b"\xff\xd8\xff\xe0 not a CT")
+    at = _upload(_start(), ("holiday-photos.zip", bad.read_bytes()), small_zip)
+    errors = [e.value for e in at.sidebar.error]
+    assert any("holiday-photos.zip" in e and "no CT images" in e for e in errors)
+    assert _worklist_rows(at) == 1
+    assert _image(at)[0].startswith("Slice ")
+
+
+def test_without_weights_the_viewer_works_and_says_why(
+    small_zip: Path, app_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ICH_WEIGHTS", str(tmp_path / "empty-weights"))
+    at = _upload(_start(), small_zip)
+    assert _image(at)[0].startswith("Slice ")
+    assert not at.main.get("plotly_chart")
+    assert any("No trained model is installed" in w.value for w in at.sidebar.warning)
+    assert any("No probabilities for this study" in i.value for i in at.main.info)
+
+
+def test_one_users_upload_is_not_shown_to_another(small_zip: Path, app_env: Path) -> None:
+    first = _upload(_start(), small_zip)
+    assert _worklist_rows(first) == 1
+    second = _start()
+    assert not second.main.get("dataframe")  # nothing saved: nothing shared
+
+
+def test_demo_study_opens_with_one_click(app_env: Path) -> None:
+    at = _start()
+    at.button(key="open-demo").click().run()
+    assert not at.exception
+    assert _image(at)[0].startswith("Slice ") and "of 32" in _image(at)[0]

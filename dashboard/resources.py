@@ -1,0 +1,52 @@
+"""Process-wide resources, created once and shared by every user: the model and the store.
+
+Each is cached by its location, so pointing ``ICH_WEIGHTS`` / ``ICH_REVIEW_DATA`` elsewhere
+gives another resource instead of a stale one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from core.engine import Predictor
+from core.errors import ICHError
+from core.explain import Heatmap
+from core.model import DEFAULT_WEIGHTS_DIR
+from core.store import DB_NAME, ReviewStore, data_dir
+from core.study import Series
+
+
+def weights_dir() -> Path:
+    """``$ICH_WEIGHTS`` (a folder of model cards and weights) or the project's weights/."""
+    choice = os.environ.get("ICH_WEIGHTS")
+    return Path(choice) if choice else DEFAULT_WEIGHTS_DIR
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def predictor(folder: Path) -> tuple[Predictor | None, str]:
+    """The installed model, or None with the reason shown in the model panel."""
+    try:
+        return Predictor.from_default(weights_dir=folder), ""
+    except ICHError as exc:
+        return None, str(exc)
+
+
+@st.cache_resource
+def review_store(folder: Path) -> ReviewStore:
+    return ReviewStore(folder / DB_NAME)
+
+
+def current_store() -> ReviewStore:
+    return review_store(data_dir())
+
+
+@st.cache_resource(max_entries=256, show_spinner="Computing the heatmap…")
+def heatmap(
+    _predictor: Predictor, weights: str, _series: Series, pixel_hash: str, index: int, label: str
+) -> Heatmap:
+    """Grad-CAM for the slice on screen, computed once per (weights, pixels, slice, label);
+    the arguments with a leading underscore are not hashed, the ones after them are the key."""
+    return _predictor.explain(_series, index, label)

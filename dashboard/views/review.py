@@ -1,0 +1,112 @@
+"""The radiologist's review: per-label agree/disagree, an overall call, notes, reviewer.
+
+Saved to the review database (append-only: a later review adds to the history); saving also
+puts the study on the shared worklist. The study's report downloads as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import streamlit as st
+
+from core.errors import ICHError
+from core.labels import LABELS
+from core.report import study_report
+from core.store import OVERALL_CHOICES, Review, ReviewStore, StudyRecord
+from core.study import Study
+from dashboard.state import Session
+
+_CHOICES = ("—", "agree", "disagree")
+
+
+def _record(study: Study, prediction: Any | None) -> StudyRecord:
+    series = study.default_series
+    return StudyRecord(
+        study_instance_uid=study.study_instance_uid,
+        series_instance_uid=series.series_instance_uid,
+        patient_id=study.patient_id,
+        patient_name=study.patient_name,
+        study_date=study.study_date.isoformat() if study.study_date else None,
+        n_slices=series.n_slices,
+        model_identity=prediction.weights_identity if prediction is not None else None,
+        study_scores=dict(prediction.study_scores) if prediction is not None else None,
+    )
+
+
+def render(sess: Session, store: ReviewStore, study: Study, prediction: Any | None) -> None:
+    uid = study.study_instance_uid
+    history = store.history(uid)
+    st.subheader("Review")
+    if history:
+        last = history[-1]
+        st.success(
+            f"Latest review: **{last.overall}** by {last.reviewer} on "
+            f"{last.created_at:%Y-%m-%d %H:%M} UTC" + (f" — {last.notes}" if last.notes else "")
+        )
+    with st.form(key=f"review-{uid}"):
+        cols = st.columns(3)
+        agreement: dict[str, str | None] = {}
+        for i, label in enumerate(LABELS):
+            score = (
+                f" (model {prediction.study_scores[label]:.2f})" if prediction is not None else ""
+            )
+            pick = cols[i % 3].radio(
+                f"{label}{score}", _CHOICES, horizontal=True, key=f"agree-{uid}-{label}"
+            )
+            agreement[label] = None if pick == "—" else pick
+        overall = st.radio(
+            "Overall call", OVERALL_CHOICES, index=None, horizontal=True, key=f"overall-{uid}"
+        )
+        notes = st.text_area("Notes", key=f"notes-{uid}")
+        reviewer = st.text_input("Reviewer", value=sess.reviewer, key=f"reviewer-{uid}")
+        submitted = st.form_submit_button("Save review", type="primary")
+    if submitted and overall is None:
+        st.error("Not saved: choose an overall call (hemorrhage, no hemorrhage or uncertain).")
+    elif submitted:
+        try:
+            saved = store.add_review(
+                Review(
+                    study_instance_uid=uid,
+                    series_instance_uid=study.default_series.series_instance_uid,
+                    reviewer=reviewer,
+                    overall=overall,
+                    label_agreement=agreement,
+                    notes=notes,
+                    model_identity=prediction.weights_identity if prediction else None,
+                    study_scores=dict(prediction.study_scores) if prediction else None,
+                )
+            )
+            store.save_study(_record(study, prediction))
+        except ValueError as exc:
+            st.error(f"Not saved: {exc}.")
+        except ICHError as exc:
+            st.error(str(exc))
+        else:
+            sess.reviewer = reviewer
+            st.success(f"Review saved ({saved.created_at:%Y-%m-%d %H:%M:%S} UTC).")
+            history = store.history(uid)
+    if len(history) > 1:
+        with st.expander(f"History ({len(history)} reviews)"):
+            for r in reversed(history):
+                st.markdown(
+                    f"- {r.created_at:%Y-%m-%d %H:%M} · {r.reviewer} · **{r.overall}** {r.notes}"
+                )
+    report = study_report(
+        study, prediction, history, show_identity=sess.show_identity, salt=store.salt
+    )
+    st.download_button(
+        "Download report (JSON)",
+        json.dumps(report, indent=2),
+        file_name=f"report-{report['report_id']}.json",
+        mime="application/json",
+        key=f"report-{uid}",
+    )
+
+
+def render_saved(store: ReviewStore, uid: str) -> None:
+    """A study saved in an earlier session: its reviews, and how to see its images again."""
+    st.info("This study was saved in an earlier session. Upload its zip again to see the images.")
+    for r in reversed(store.history(uid)):
+        st.markdown(f"- {r.created_at:%Y-%m-%d %H:%M} · {r.reviewer} · **{r.overall}** {r.notes}")
