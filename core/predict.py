@@ -57,7 +57,8 @@ def write_heatmaps(
         index = prediction.peak_slice[label]
         heatmap = predictor.explain(series, index, label)
         rgb = render_overlay(series.hu[index], heatmap, BRAIN.level, BRAIN.width)
-        name = f"{safe_name(study.study_instance_uid)}_slice{index:03d}_{label}.png"
+        # 1-based like the viewer's "slice k of N"; the JSON keeps the 0-based index
+        name = f"{safe_name(study.study_instance_uid)}_slice{index + 1:03d}_{label}.png"
         Image.fromarray(rgb).save(cam_dir / name)
         written.append(
             {
@@ -80,15 +81,15 @@ def format_table(predictor: Predictor, rows: list[StudyPrediction]) -> str:
         f"Model {predictor.weights_identity} ({loaded.spec.arch}, "
         f"{loaded.spec.input_size} px) on {predictor.device}. {NOTICE}",
         "Study-level probability = the highest over the study's slices.",
-        head + "  Peak slice (any) · top subtype",
+        head + "  Peak slice (any; 1 = first) · top subtype",
     ]
     for p in rows:
         scores = " ".join(f"{p.study_scores[label]:6.3f}" for label in LABELS)
         top = p.top_subtype
         lines.append(
             f"{p.study_instance_uid:<{width}}  {len(p.slices):6d} {scores}  "
-            f"{p.peak_slice['any']:4d} · {top} {p.study_scores[top]:.3f} "
-            f"(slice {p.peak_slice[top]})"
+            f"{p.peak_slice['any'] + 1:4d} · {top} {p.study_scores[top]:.3f} "
+            f"(slice {p.peak_slice[top] + 1})"
         )
     return "\n".join(lines)
 
