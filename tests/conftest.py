@@ -56,3 +56,22 @@ def label_rows() -> dict[str, list[dict[str, str]]]:
 def small_zip(study_zips: list[Path]) -> Path:
     """A real labelled study with few slices, for tests that need just one."""
     return min(study_zips, key=lambda p: p.stat().st_size)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with an untrained tiny checkpoint: it exercises the app's model path and says
+    nothing about hemorrhage (test fixture only, never shipped)."""
+    import torch
+
+    from core.model import ModelSpec, build_model, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    spec = ModelSpec("tiny", 64)
+    model = build_model(spec)
+    model.train()
+    with torch.no_grad():  # one pass in train mode gives BatchNorm non-trivial statistics
+        model(torch.rand(4, 3, 64, 64))
+    save_checkpoint(model.eval(), spec, folder, "tiny-test", {"training_data": "none (test)"})
+    return folder

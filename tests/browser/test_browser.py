@@ -1,0 +1,237 @@
+"""The dashboard in a real browser: Playwright drives Debian's chromium against a streamlit server
+on 127.0.0.1 (tests/browser/conftest.py). A real study zip is uploaded through the page; the
+slice image, the probability chart, slice navigation and the Grad-CAM overlay are checked on
+what the page shows, and screenshots are kept under the test output folder."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from playwright.sync_api import Locator, Page, expect
+
+from core.store import DB_NAME, ReviewStore
+from core.study import Study, load_studies, pseudonym
+from core.windowing import apply_window
+
+FIRST_PREDICTION_TIMEOUT_MS = 120_000  # reading + first model run on 2 CPU cores
+STEP_TIMEOUT_MS = 60_000
+CAPTION_RE = re.compile(r"Slice (\d+) of (\d+) · z = (-?[\d.]+) mm · W (-?\d+) L (-?\d+)")
+MIN_SCREENSHOT_BYTES = 20_000
+
+
+def _slice_figure(page: Page) -> Locator:
+    """The main-area st.image whose caption names the slice."""
+    main = page.get_by_test_id("stMain")
+    return main.get_by_test_id("stImage").filter(
+        has=page.get_by_test_id("stImageCaption").filter(has_text="Slice ")
+    )
+
+
+def _plotly_chart(page: Page, title: str) -> Locator:
+    """The main-area plotly chart whose title is exactly ``title``."""
+    exact = re.compile(rf"^\s*{re.escape(title)}\s*$")
+    return (
+        page.get_by_test_id("stMain")
+        .locator(".js-plotly-plot")
+        .filter(has=page.locator(".gtitle", has_text=exact))
+    )
+
+
+def _caption(page: Page) -> str:
+    return _slice_figure(page).get_by_test_id("stImageCaption").inner_text().strip()
+
+
+def _parse_caption(text: str) -> tuple[int, int, float, int, int]:
+    m = CAPTION_RE.search(text)
+    assert m, f"slice caption not in the expected form: {text!r}"
+    k, n, z, width, level = m.groups()
+    return int(k), int(n), float(z), int(width), int(level)
+
+
+def _slice_src(page: Page) -> str:
+    src = _slice_figure(page).locator("img").first.get_attribute("src")
+    assert src, "the slice <img> has no src"
+    return src
+
+
+def _fetch_png(page: Page, src: str) -> Image.Image:
+    """The image the page shows, fetched from the (loopback) streamlit media endpoint."""
+    resp = page.request.get(src)
+    assert resp.ok, f"GET {src} → {resp.status}"
+    img = Image.open(io.BytesIO(resp.body()))
+    assert img.format == "PNG", f"slice image is {img.format}, expected PNG"
+    return img
+
+
+def _assert_shows_slice(page: Page, study: Study) -> tuple[int, str]:
+    """The caption names slice k of N at the right z, and the <img> is that slice, windowed as
+    the caption says and in acquisition (DICOM row/column) orientation: not flipped, rotated or
+    resampled. Returns (k, src)."""
+    series = study.default_series
+    k, n, z, width, level = _parse_caption(_caption(page))
+    assert n == series.n_slices, f"caption says {n} slices, the study has {series.n_slices}"
+    assert 1 <= k <= n
+    assert abs(z - series.slices[k - 1].z) < 0.051, (
+        f"caption z = {z} mm, slice {k} of the study is at {series.slices[k - 1].z:.2f} mm"
+    )
+    src = _slice_src(page)
+    shown = np.asarray(_fetch_png(page, src).convert("L"))
+    expected = apply_window(series.hu[k - 1], level, width)
+    assert shown.shape == expected.shape, f"image {shown.shape}, slice {expected.shape}"
+    assert np.array_equal(shown, expected), (
+        f"the image on the page is not slice {k} windowed W {width} L {level} "
+        f"(max abs difference {np.abs(shown.astype(int) - expected).max()})"
+    )
+    return k, src
+
+
+def _assert_real_png(path: Path) -> None:
+    assert path.is_file(), f"screenshot not written: {path}"
+    size = path.stat().st_size
+    assert size > MIN_SCREENSHOT_BYTES, f"{path} is only {size} bytes"
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        lo, hi = zip(*img.convert("RGB").getextrema(), strict=True)
+        assert max(hi) - min(lo) > 64, f"{path} is (nearly) one colour: extrema {lo}, {hi}"
+
+
+def _full_page_screenshot(page: Page, path: Path) -> None:
+    """Streamlit scrolls inside its main container, so a full-page screenshot only holds the
+    viewport: grow the viewport to the content's height first, then restore it."""
+    old = page.viewport_size or {"width": 1600, "height": 1000}
+    height = page.evaluate(
+        "() => Math.max(document.body.scrollHeight,"
+        " ...[...document.querySelectorAll("
+        "'[data-testid=stMain], [data-testid=stAppViewContainer]')].map(e => e.scrollHeight))"
+    )
+    page.set_viewport_size({"width": old["width"], "height": min(max(int(height), 600), 6000)})
+    try:
+        # Let the plotly charts and the image relayout at the new size.
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.js-plotly-plot')].every("
+            "p => p.querySelector('.main-svg'))"
+        )
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(path), full_page=True)
+    finally:
+        page.set_viewport_size(old)
+
+
+def test_upload_view_scroll_and_heatmap_in_chromium(
+    streamlit_server, browser_page, small_zip: Path, output_dir: Path
+) -> None:
+    page: Page = browser_page.page
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    expect.set_options(timeout=STEP_TIMEOUT_MS)
+
+    (study,) = load_studies(small_zip)
+    n = study.default_series.n_slices
+    assert study.patient_id, "the test study should carry a PatientID to hide"
+
+    page.goto(streamlit_server.url, wait_until="domcontentloaded")
+    sidebar = page.get_by_test_id("stSidebar")
+    main = page.get_by_test_id("stMain")
+    expect(sidebar.get_by_text("not a medical device")).to_be_visible()
+    expect(sidebar.get_by_text("Model: tiny-test@")).to_be_visible()
+    expect(main.get_by_text("Upload a DICOM zip or open the demo study to begin.")).to_be_visible()
+
+    # Upload the real zip through the sidebar uploader.
+    uploader = sidebar.get_by_test_id("stFileUploader")
+    uploader.locator("input[type=file]").set_input_files(str(small_zip))
+    expect(sidebar.get_by_text(small_zip.name).first).to_be_visible()
+
+    # The slice image, then the probability chart (after the model ran).
+    expect(_slice_figure(page)).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    bars = _plotly_chart(page, "Probabilities")
+    expect(bars).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    expect(sidebar.get_by_text(f"{small_zip.name}: 1 study(ies) loaded.")).to_be_visible()
+    strip = _plotly_chart(page, "Per-slice probabilities (click a slice to open it)")
+    expect(strip).to_be_visible()
+    expect(main.get_by_text("Running the model")).to_have_count(0)
+    expect(_slice_figure(page).get_by_test_id("stImageCaption")).to_contain_text(f" of {n} ")
+    k, src = _assert_shows_slice(page, study)
+    expect(bars).to_contain_text(f"slice {k}")
+    expect(bars).to_contain_text("study (max)")
+
+    # The worklist shows the pseudonym, never the PatientID (the grid draws on a canvas; its
+    # accessible table carries the same cell text).
+    salt = ReviewStore(streamlit_server.data_dir / DB_NAME).salt
+    expected_label = pseudonym(study.patient_id, salt)
+    grid = main.get_by_test_id("stDataFrame")
+    expect(grid).to_be_visible()
+    row = grid.locator("tr[aria-rowindex='2'] td[role=gridcell]")
+    expect(row.first).to_have_text(expected_label)
+    assert re.fullmatch(r"Patient [0-9A-F]{6}", expected_label)
+    expect(grid.locator("tr[aria-rowindex='3']")).to_have_count(0)  # one study, one row
+    cells = [c.strip() for c in row.all_text_contents()]
+    assert cells[2] == str(n), f"worklist row {cells}: expected {n} slices"
+    assert cells[-1] == "open", f"worklist row {cells}: the study's images should be open"
+    page_text = page.locator("body").inner_text() + (grid.text_content() or "")
+    assert study.patient_id not in page_text, "the real PatientID is on the page"
+    if study.patient_name:
+        assert study.patient_name not in page_text, "the real PatientName is on the page"
+    expect(sidebar.get_by_text("not a medical device")).to_be_visible()
+
+    _full_page_screenshot(page, output_dir / "viewer.png")
+
+    # Move one slice: Next (or Previous at the last slice).
+    step = 1 if k < n else -1
+    button = main.get_by_role("button", name="Next ▶" if step == 1 else "◀ Previous")
+    expect(button).to_be_enabled()
+    button.click()
+    expect(_slice_figure(page).get_by_test_id("stImageCaption")).to_contain_text(
+        f"Slice {k + step} of {n} "
+    )
+    page.wait_for_function(
+        "(old) => [...document.querySelectorAll('[data-testid=stMain] [data-testid=stImage] img')]"
+        ".some(i => i.src && i.src !== old)",
+        arg=src,
+    )
+    k2, src2 = _assert_shows_slice(page, study)
+    assert k2 == k + step
+    assert src2 != src, "the slice image did not change"
+    expect(main.get_by_role("slider").first).to_have_value(str(k2))  # the slice slider follows
+    expect(bars).to_contain_text(f"slice {k2}")
+
+    # Switch on the Grad-CAM heatmap.
+    switch = main.get_by_role("switch", name="Grad-CAM heatmap")
+    expect(switch).not_to_be_checked()
+    main.get_by_text("Grad-CAM heatmap", exact=True).click()
+    expect(switch).to_be_checked()
+    caption = _slice_figure(page).get_by_test_id("stImageCaption")
+    expect(caption).to_contain_text("Grad-CAM 'any'", timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    expect(caption).to_contain_text("P =")
+    expect(caption).to_contain_text(f"Slice {k2} of {n} ")
+    p_cam = float(re.search(r"P = ([\d.]+)", caption.inner_text()).group(1))
+    assert 0.0 <= p_cam <= 1.0
+    # The colour bar: a second image in the main area, a wide low→high ramp, and its legend.
+    images = main.get_by_test_id("stImage")
+    expect(images).to_have_count(2)
+    colorbar = images.nth(1).locator("img")
+    expect(colorbar).to_be_visible()
+    bar_png = np.asarray(_fetch_png(page, colorbar.get_attribute("src")).convert("RGB"))
+    assert bar_png.shape[1] > 10 * bar_png.shape[0], f"colour bar shape {bar_png.shape}"
+    assert not np.array_equal(bar_png[:, 0], bar_png[:, -1]), "colour bar has no ramp"
+    expect(main.get_by_text("low ← relative Grad-CAM → high")).to_be_visible()
+    # The overlay is colour on the greyscale slice: not the plain windowed slice any more.
+    overlay_src = _slice_src(page)
+    assert overlay_src != src2
+    overlay = np.asarray(_fetch_png(page, overlay_src).convert("RGB")).astype(int)
+    assert overlay.shape[:2] == study.default_series.hu.shape[1:]
+    chroma = (overlay.max(axis=2) - overlay.min(axis=2)).mean()
+    assert chroma > 5, f"the heatmap overlay shows no colour (mean chroma {chroma:.1f})"
+    expect(main.get_by_text("Computing the heatmap")).to_have_count(0)
+
+    _full_page_screenshot(page, output_dir / "viewer-heatmap.png")
+
+    for name in ("viewer.png", "viewer-heatmap.png"):
+        _assert_real_png(output_dir / name)
+    assert browser_page.foreign_requests == [], (
+        f"the page tried to reach beyond 127.0.0.1: {browser_page.foreign_requests}"
+    )
+    assert streamlit_server.process.poll() is None, streamlit_server.log_tail()
+    assert "Traceback" not in streamlit_server.log_tail(20_000), streamlit_server.log_tail()
