@@ -73,18 +73,20 @@ def _strip(prediction: Any, index: int) -> go.Figure:
             zmax=1,
             colorscale="Inferno",
             colorbar=dict(title="P", thickness=10),
-            hovertemplate="slice %{x} · %{y}: %{z:.2f}<extra></extra>",
+            hoverinfo="skip",
         )
     )
-    # Heatmaps cannot be selected in plotly: invisible markers on every cell take the click.
+    # Heatmaps cannot be selected in plotly: invisible markers on every cell take the click
+    # (and carry the hover text; "skip" would make them unclickable).
     grid_x, grid_y = np.meshgrid(xs, np.arange(len(LABELS)))
     fig.add_trace(
         go.Scatter(
             x=grid_x.ravel(),
             y=[LABELS[i] for i in grid_y.ravel()],
+            customdata=probs.T.ravel(),
             mode="markers",
             marker=dict(size=14, opacity=0.0),
-            hoverinfo="skip",
+            hovertemplate="slice %{x} · %{y}: %{customdata:.2f}<extra></extra>",
             showlegend=False,
         )
     )
@@ -94,7 +96,7 @@ def _strip(prediction: Any, index: int) -> go.Figure:
         height=240,
         margin=dict(l=10, r=10, t=30, b=10),
         title=dict(text="Per-slice probabilities (click a slice to open it)", font=dict(size=14)),
-        xaxis=dict(title="slice (feet → head)"),
+        xaxis=dict(title="slice (feet → head)", range=[0.5, n + 0.5]),
         yaxis=dict(autorange="reversed"),
         clickmode="event+select",
         dragmode=False,

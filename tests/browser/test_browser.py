@@ -228,6 +228,20 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
 
     _full_page_screenshot(page, output_dir / "viewer-heatmap.png")
 
+    # A click on the per-slice strip opens that slice (x axis: slice 1..N, cells 1 wide).
+    target = 5 if k2 != 5 else 6
+    strip.scroll_into_view_if_needed()  # mouse clicks land only inside the viewport
+    strip.scroll_into_view_if_needed()
+    area = strip.locator(".nsewdrag").first.bounding_box()
+    assert area is not None, "the strip has no plot area"
+    # Click the centre of a cell (row 1, 'any'): the click lands on that cell's marker.
+    page.mouse.click(
+        area["x"] + (target - 0.5) / n * area["width"], area["y"] + 0.5 / 6 * area["height"]
+    )
+    expect(_slice_figure(page).get_by_test_id("stImageCaption")).to_contain_text(
+        f"Slice {target} of {n} ", timeout=FIRST_PREDICTION_TIMEOUT_MS
+    )
+
     for name in ("viewer.png", "viewer-heatmap.png"):
         _assert_real_png(output_dir / name)
     assert browser_page.foreign_requests == [], (
