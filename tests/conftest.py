@@ -4,16 +4,11 @@ them there); a test that needs them fails loudly when they are absent, it never 
 from __future__ import annotations
 
 import csv
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("ICH_SHARED_DATA", ROOT.parent / "shared" / "data"))
-LABELLED = DATA / "rsna_ich"
-UNLABELLED_ZIP = DATA / "rsna_ich_unlabeled" / "ID_4d28912ba6.zip"
+from data_paths import LABELLED, UNLABELLED_ZIP
 
 
 def _require(path: Path) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import LABELLED
+from data_paths import LABELLED
 
 from core.evaluate import (
     CHOSEN_ON_DATA,
