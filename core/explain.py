@@ -142,6 +142,9 @@ def render_overlay(
 ) -> np.ndarray:
     """Windowed slice blended with the colour-mapped heatmap → uint8 RGB (rows, cols, 3).
 
+    Per pixel the heatmap's weight is ``opacity × map``: full opacity where the map is 1, none
+    where it is 0.
+
     Colours come from OpenCV's colormap, as in grad-cam's show_cam_on_image; the blend is done
     here because show_cam_on_image divides the result by its maximum, which would make the
     grey levels of the window change with each heatmap.
@@ -151,9 +154,13 @@ def render_overlay(
     grey = apply_window(hu_slice, level, width)
     if grey.shape != heatmap.cam.shape:
         raise ValueError(f"heatmap {heatmap.cam.shape} does not match slice {grey.shape}")
-    mask = np.rint(np.clip(heatmap.cam, 0.0, 1.0) * 255).astype(np.uint8)
+    cam = np.clip(heatmap.cam, 0.0, 1.0)
+    mask = np.rint(cam * 255).astype(np.uint8)
     colour = cv2.cvtColor(cv2.applyColorMap(mask, _colormap(colormap)), cv2.COLOR_BGR2RGB)
-    blended = (1.0 - opacity) * grey[..., None].astype(np.float32) + opacity * colour
+    # Colour only where the map is high: alpha grows with the map, so air and brain the model
+    # did not look at stay plain grey instead of being tinted by the colour map's low end.
+    alpha = (opacity * cam)[..., None].astype(np.float32)
+    blended = (1.0 - alpha) * grey[..., None].astype(np.float32) + alpha * colour
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 

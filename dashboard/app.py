@@ -24,8 +24,8 @@ predictor, model_message = resources.predictor(resources.weights_dir())
 
 with st.sidebar:
     st.title("ICH review")
-    intake.render(sess)
     model_card.render(predictor, model_message)
+    intake.render(sess)
 
 worklist.render(sess, store)
 study = sess.studies.get(sess.open_uid) if sess.open_uid else None

@@ -195,6 +195,10 @@ def test_render_overlay(explainer: GradCamExplainer) -> None:
     assert np.array_equal(render_overlay(hu, heatmap, BRAIN.level, BRAIN.width, 0.0), grey)
     full = render_overlay(hu, heatmap, BRAIN.level, BRAIN.width, 1.0)
     assert (full[hot][:, 0] > full[hot][:, 2]).all()
+    # Where the map is ~0 the slice stays grey: the low end of the colour map is not painted.
+    cold = heatmap.cam < 0.02
+    assert cold.any()
+    assert (np.abs(rgb[cold].astype(int) - grey[cold].astype(int)).max(axis=-1) <= 3).all()
 
 
 def test_render_overlay_rejects_bad_arguments(explainer: GradCamExplainer) -> None:

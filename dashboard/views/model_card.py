@@ -10,7 +10,7 @@ NOTICE = "Research use only — not a medical device."
 
 
 def render(predictor: Any | None, message: str) -> None:
-    st.caption(f"**{NOTICE}**")
+    st.warning(f"**{NOTICE}** Every finding must be confirmed by a radiologist.", icon="⚠️")
     if predictor is None:
         st.warning(
             f"{message} The viewer works without a model, but shows no hemorrhage "

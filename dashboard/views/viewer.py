@@ -54,7 +54,7 @@ def _bar_chart(prediction: Any, index: int) -> go.Figure:
         height=300,
         margin=dict(l=10, r=10, t=30, b=10),
         yaxis=dict(range=[0, 1], title="probability"),
-        legend=dict(orientation="h", y=1.15),
+        legend=dict(orientation="h", y=1.15, x=1, xanchor="right"),
         title=dict(text="Probabilities", font=dict(size=14)),
     )
     return fig

@@ -231,7 +231,6 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     # A click on the per-slice strip opens that slice (x axis: slice 1..N, cells 1 wide).
     target = 5 if k2 != 5 else 6
     strip.scroll_into_view_if_needed()  # mouse clicks land only inside the viewport
-    strip.scroll_into_view_if_needed()
     area = strip.locator(".nsewdrag").first.bounding_box()
     assert area is not None, "the strip has no plot area"
     # Click the centre of a cell (row 1, 'any'): the click lands on that cell's marker.
