@@ -66,7 +66,6 @@ class RawSlice:
     transfer_syntax: str
     header: dict[str, str]  # study/series/patient attributes, same for every slice of a series
     hu: np.ndarray | None  # int16 (rows, columns); None for non-CT
-    notes: tuple[str, ...] = ()
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
@@ -196,7 +195,7 @@ def _to_raw_slice(name: str, ds: pydicom.Dataset) -> RawSlice:
             )
         if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
             raise _Unsupported(f"{name} is a colour image, not a CT slice")
-    hu, notes = (to_hu(ds), ()) if modality == "CT" else (None, ())
+    hu = to_hu(ds) if modality == "CT" else None  # other modalities are refused, not decoded
     if hu is not None:
         rows, columns = hu.shape
     header = {k: _text(ds, k) for k in HEADER_KEYWORDS}
@@ -224,7 +223,6 @@ def _to_raw_slice(name: str, ds: pydicom.Dataset) -> RawSlice:
         transfer_syntax=str(getattr(meta, "TransferSyntaxUID", "")),
         header=header,
         hu=hu,
-        notes=notes,
     )
 
 
