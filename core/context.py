@@ -36,6 +36,10 @@ class ContextSpec:
     def to_dict(self) -> dict[str, int]:
         return {"hidden": self.hidden}
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.hidden <= 1024:
+            raise ValueError(f"hidden size must be 1..1024, got {self.hidden}")
+
     @classmethod
     def from_dict(cls, data: dict) -> ContextSpec:
         return cls(hidden=int(data["hidden"]))

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.context import SliceContext, apply_context
 from core.errors import ModelError
 from core.explain import GradCamExplainer, Heatmap
 from core.labels import LABELS
@@ -71,9 +72,13 @@ class SlicePrediction:
 class StudyPrediction:
     """Per-slice probabilities of one series and the study-level scores derived from them.
 
-    ``probs`` is float32 (slices, 6), read-only (it may be shared with the cache). A study's
-    score for a label is the maximum over its slices (one bleeding slice makes a bleeding
-    study); ``peak_slice`` is the index of the slice where that maximum is reached.
+    ``probs`` is float32 (slices, 6), read-only (it may be shared with the cache). Without a
+    slice-context model they are the CNN's own, and a study's score for a label is the maximum
+    over its slices (one bleeding slice makes a bleeding study). With one (core.context),
+    ``probs`` are the context-refined probabilities, ``cnn_probs`` the CNN's own, the study's
+    'any' score is the context model's study output and the subtypes' the maximum of their
+    refined slice probabilities. ``peak_slice`` is the index of the slice with the highest
+    probability of each label.
     """
 
     study_instance_uid: str
@@ -85,6 +90,17 @@ class StudyPrediction:
     peak_slice: dict[str, int]
     seconds: float  # wall time of the predict call that returned this (≈ 0 when cached)
     cached: bool = False
+    #: The CNN's own per-slice probabilities when a slice-context model refined ``probs``.
+    cnn_probs: np.ndarray | None = None
+
+    @property
+    def context_used(self) -> bool:
+        return self.cnn_probs is not None
+
+    @property
+    def study_method(self) -> str:
+        """How the study-level 'any' score was obtained, for people reading it."""
+        return STUDY_BY_CONTEXT if self.context_used else STUDY_BY_MAX
 
     @property
     def top_subtype(self) -> str:
@@ -97,6 +113,7 @@ class StudyPrediction:
             "StudyInstanceUID": self.study_instance_uid,
             "SeriesInstanceUID": self.series_instance_uid,
             "probabilities": {k: round(v, 6) for k, v in self.study_scores.items()},
+            "study_score": self.study_method,
             "peak_slice": dict(self.peak_slice),
             "top_subtype": self.top_subtype,
             "slices": [
@@ -105,8 +122,18 @@ class StudyPrediction:
                     "SOPInstanceUID": s.sop_instance_uid,
                     "z": round(s.z, 4),
                     "probabilities": {k: round(v, 6) for k, v in s.by_label().items()},
+                    **(
+                        {
+                            "cnn_probabilities": {
+                                k: round(float(v), 6)
+                                for k, v in zip(LABELS, self.cnn_probs[i], strict=True)
+                            }
+                        }
+                        if self.cnn_probs is not None
+                        else {}
+                    ),
                 }
-                for s in self.slices
+                for i, s in enumerate(self.slices)
             ],
         }
 
@@ -277,14 +304,24 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+STUDY_BY_MAX = "maximum over the slices"
+STUDY_BY_CONTEXT = "slice-context model (bidirectional GRU over the slices in order)"
+
+
 def _build_prediction(
     series: Series,
     study_instance_uid: str,
     identity: str,
-    probs: np.ndarray,
+    cnn_probs: np.ndarray,
     seconds: float,
     cached: bool,
+    context: SliceContext | None = None,
 ) -> StudyPrediction:
+    if context is not None:
+        probs, study_any = apply_context(context, cnn_probs)
+        probs.flags.writeable = False
+    else:
+        probs, study_any = cnn_probs, float(cnn_probs[:, 0].max())
     peaks = probs.argmax(axis=0)  # first slice reaching the maximum on ties
     pairs = list(zip(LABELS, peaks, strict=True))
     slices = tuple(
@@ -302,10 +339,13 @@ def _build_prediction(
         weights_identity=identity,
         slices=slices,
         probs=probs,
-        study_scores={label: float(probs[p, j]) for j, (label, p) in enumerate(pairs)},
+        study_scores={
+            label: study_any if j == 0 else float(probs[p, j]) for j, (label, p) in enumerate(pairs)
+        },
         peak_slice={label: series.slices[int(p)].index for label, p in pairs},
         seconds=seconds,
         cached=cached,
+        cnn_probs=cnn_probs if context is not None else None,
     )
 
 
@@ -330,6 +370,7 @@ class Predictor:
         *,
         half: bool | None = None,
         cache: ResultCache | None = None,
+        use_context: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -344,6 +385,8 @@ class Predictor:
         self.spec = loaded.spec
         self.model: nn.Module = loaded.model.to(self.device, memory_format=torch.channels_last)
         self.model.eval()
+        #: The slice-context model applied to the CNN's output (None: study score = maximum).
+        self.context: SliceContext | None = loaded.context if use_context else None
         self.cache = RESULT_CACHE if cache is None else cache
         self.lock = _lock_for(self.model)
         self.explainer = GradCamExplainer(self.model, self.spec, lock=self.lock)
@@ -438,7 +481,9 @@ class Predictor:
                 100 * forward_s / seconds if seconds else 0,
                 self.device,
             )
-        return _build_prediction(series, study_uid, self.weights_identity, probs, seconds, cached)
+        return _build_prediction(
+            series, study_uid, self.weights_identity, probs, seconds, cached, self.context
+        )
 
     def explain(self, series: Series, slice_index: int, label: str) -> Heatmap:
         """Grad-CAM of ``label`` on one slice (its index in the series), on the slice's grid."""

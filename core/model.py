@@ -11,6 +11,10 @@ running any code from them:
   metrics);
 * ``<name>.md``, the same card rendered for people.
 
+A checkpoint may also hold the slice-context model (core.context) trained after the CNN: its
+tensors sit in the same files under the ``context.`` prefix and the card's ``context`` entry
+describes it, so the CNN and the model that refines its output are verified and versioned as one.
+
 Loading verifies the checksums and the label order before any output is shown, because a
 damaged file or a permuted label list would silently attach probabilities to the wrong finding.
 """
@@ -39,6 +43,7 @@ import core.tv_compat  # noqa: F401  (must precede every torchvision import)
 import torchvision
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from core.context import ContextSpec, SliceContext
 from core.errors import ModelError
 from core.labels import LABELS, check_label_order
 from core.windowing import MODEL_WINDOWS, Window
@@ -67,8 +72,12 @@ RESERVED_CARD_KEYS: frozenset[str] = frozenset(
         "weights_sha256",
         "created",
         "notice",
+        "context",
     }
 )
+
+#: Key prefix of the slice-context model's tensors inside the weights files.
+CONTEXT_PREFIX = "context."
 
 NOTICE = "Research use only — not a medical device."
 
@@ -222,6 +231,8 @@ def save_checkpoint(
     name: str,
     card: Mapping[str, Any] | None = None,
     *,
+    context: SliceContext | None = None,
+    context_info: Mapping[str, Any] | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
     created: datetime | None = None,
 ) -> Path:
@@ -231,7 +242,8 @@ def save_checkpoint(
     ``command`` and ``metrics``. ``metrics`` must say what data each number was measured on:
     either ``{"<data>": {"<metric>": value, ...}, ...}`` or a list of
     ``{"measured_on": "<data>", "values": {...}}``. The card JSON is written last, so a card
-    never points to weights that were not completely written.
+    never points to weights that were not completely written. ``context`` (with what is known
+    of its training in ``context_info``) is stored in the same files and described in the card.
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ValueError(f"checkpoint name {name!r}: use letters, digits, '.', '_' or '-'")
@@ -245,6 +257,11 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if any(k.startswith(CONTEXT_PREFIX) for k in tensors):
+        raise ValueError(f"the CNN's tensor names may not start with {CONTEXT_PREFIX!r}")
+    if context is not None:
+        for k, v in context.state_dict().items():
+            tensors[CONTEXT_PREFIX + k] = v.detach().to("cpu").contiguous()
     groups = _plan_shards(tensors, max_shard_bytes)
     if len(groups) == 1:
         files = [f"{name}.safetensors"]
@@ -279,6 +296,8 @@ def save_checkpoint(
         "notice": NOTICE,
         **extra,
     }
+    if context is not None:
+        full["context"] = {**context.spec.to_dict(), **dict(context_info or {})}
     card_path = directory / f"{name}.json"
     _atomic_write_text(directory / f"{name}.md", render_card_markdown(full))
     _atomic_write_text(card_path, json.dumps(full, indent=2, ensure_ascii=False) + "\n")
@@ -394,6 +413,9 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
         f"| {f.get('file')} | {f.get('bytes')} | `{f.get('sha256')}` |"
         for f in card.get("weights_files", [])
     ]
+    context = card.get("context")
+    if context:
+        out += ["", "## Slice-context model", "", _md_value(context)]
     shown = RESERVED_CARD_KEYS | {"training_data", "split", "command", "metrics"}
     other = {k: v for k, v in card.items() if k not in shown}
     if other:
@@ -415,6 +437,8 @@ class LoadedModel:
     weights_sha256: str
     name: str
     card_path: Path = field(default=Path())
+    #: The slice-context model stored with the CNN, or None when the checkpoint has none.
+    context: SliceContext | None = None
 
     @property
     def weights_identity(self) -> str:
@@ -529,6 +553,9 @@ def load_checkpoint(
     # parameters would be wasted, and copying (not assigning) the loaded tensors keeps them
     # aligned: tensors mapped from a safetensors file can sit at unaligned offsets, which
     # changes the CPU kernels' rounding so outputs would differ from the trained model's.
+    context_state = {
+        k[len(CONTEXT_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(CONTEXT_PREFIX)
+    }
     with torch.device("meta"):
         model = build_model(spec)
     model.to_empty(device="cpu")
@@ -543,6 +570,7 @@ def load_checkpoint(
             f"The weights of {where} do not fit the architecture {spec.arch} named in the card "
             f"({detail}). " + _reinstall(card_path)
         )
+    context = _load_context(card.get("context"), context_state, where, card_path)
     del state
     model.to(device).eval()
     combined = combined_sha256(hashes)
@@ -554,7 +582,40 @@ def load_checkpoint(
         weights_sha256=combined,
         name=str(card.get("name", card_path.stem)),
         card_path=card_path,
+        context=context,
     )
+
+
+def _load_context(
+    info: Any, state: dict[str, torch.Tensor], where: str, card_path: Path
+) -> SliceContext | None:
+    """The slice-context model when the card describes one; its tensors must all be there."""
+    if info is None:
+        if state:
+            raise ModelError(
+                f"The weights of {where} hold a slice-context model that the card does not "
+                "describe. " + _reinstall(card_path)
+            )
+        return None
+    try:
+        context = SliceContext(ContextSpec.from_dict(info))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(
+            f"The model card {where} describes its slice-context model wrongly ({exc}). "
+            + _reinstall(card_path)
+        ) from None
+    detail = _state_mismatch(context.state_dict(), state)
+    if not detail:
+        try:
+            context.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            detail = str(exc).strip().splitlines()[-1].strip() or type(exc).__name__
+    if detail:
+        raise ModelError(
+            f"The slice-context weights of {where} do not fit the card ({detail}). "
+            + _reinstall(card_path)
+        )
+    return context.eval()
 
 
 def _state_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-from core.engine import Predictor, StudyPrediction
+from core.engine import STUDY_BY_CONTEXT, STUDY_BY_MAX, Predictor, StudyPrediction
 from core.errors import ICHError, ModelError
 from core.explain import render_overlay
 from core.labels import LABELS, SHORT_NAMES
@@ -177,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "device": predictor.device,
         "labels": list(LABELS),
-        "study_score": "maximum over the slices of the series",
+        "study_score": (
+            "'any': " + STUDY_BY_CONTEXT + "; subtypes: maximum of their refined slice "
+            "probabilities (per slice, 'cnn_probabilities' are the CNN's own)"
+            if predictor.context is not None
+            else STUDY_BY_MAX + " of the series"
+        ),
         "studies": summaries,
     }
     if args.json == "-":

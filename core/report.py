@@ -45,6 +45,7 @@ def study_report(
     else:
         report["model"] = prediction.weights_identity
         report["study_probabilities"] = {k: float(prediction.study_scores[k]) for k in LABELS}
+        report["study_score"] = prediction.study_method
         report["peak_slice"] = {k: int(prediction.peak_slice[k]) for k in LABELS}
         report["slices"] = [
             {

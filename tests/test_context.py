@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
-from core.metrics import roc_auc
 
 from core.context import SliceContext, StudyExample, apply_context, fit_context, positions
+from core.errors import ModelError
+from core.metrics import roc_auc
+from core.model import ModelSpec, build_model, load_checkpoint, save_checkpoint
 
 
 def _study(rng: np.random.Generator, positive: bool, n: int = 30) -> StudyExample:
@@ -49,3 +55,49 @@ def test_context_ranks_studies_better_than_the_slice_maximum() -> None:
 def test_positions_run_from_first_to_last_slice() -> None:
     assert positions(5).tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert positions(1).tolist() == [0.5]
+
+
+def _fitted(seed: int = 2) -> SliceContext:
+    rng = np.random.default_rng(seed)
+    return fit_context([_study(rng, i % 2 == 0) for i in range(8)], epochs=30)
+
+
+def test_context_is_stored_in_the_checkpoint_and_verified(tmp_path: Path) -> None:
+    spec = ModelSpec("tiny", 64)
+    torch.manual_seed(0)
+    context = _fitted()
+    card = save_checkpoint(
+        build_model(spec).eval(),
+        spec,
+        tmp_path,
+        "with-context",
+        context=context,
+        context_info={"trained_on": "synthetic studies"},
+    )
+    doc = json.loads(card.read_text())
+    assert doc["context"] == {"hidden": context.spec.hidden, "trained_on": "synthetic studies"}
+    assert "Slice-context model" in card.with_suffix(".md").read_text()
+    loaded = load_checkpoint(card)
+    assert loaded.context is not None
+    probs = _study(np.random.default_rng(5), True).probs
+    a, sa = apply_context(context, probs)
+    b, sb = apply_context(loaded.context, probs)
+    np.testing.assert_array_equal(a, b)
+    assert sa == sb
+
+    # Weights with context tensors that the card does not describe are refused …
+    del doc["context"]
+    card.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="slice-context model that the card does not describe"):
+        load_checkpoint(card)
+    # … and so is a card whose context does not fit the stored tensors.
+    doc["context"] = {"hidden": context.spec.hidden + 1}
+    card.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="slice-context weights .* do not fit"):
+        load_checkpoint(card)
+
+
+def test_checkpoint_without_context_loads_without_one(tmp_path: Path) -> None:
+    spec = ModelSpec("tiny", 64)
+    card = save_checkpoint(build_model(spec).eval(), spec, tmp_path, "plain")
+    assert load_checkpoint(card).context is None

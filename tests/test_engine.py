@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.context import SliceContext, apply_context
 from core.engine import (
     InferenceTiming,
     Predictor,
@@ -352,3 +353,29 @@ def test_to_dict_is_json_ready(loaded: LoadedModel, study: Study) -> None:
     identity = [v for v in (study.patient_id, study.patient_name) if v]
     assert identity  # the real data has a PatientID: the check below means something
     assert not any(v in repr(d) for v in identity)
+
+
+def test_context_model_refines_slices_and_gives_the_study_score(
+    tmp_path: Path, study: Study
+) -> None:
+    torch.manual_seed(3)
+    context = SliceContext().eval()
+    torch.nn.init.normal_(context.delta.weight, std=0.5)  # a context model that changes things
+    net = load_checkpoint(make_tiny_checkpoint(tmp_path / "a")).model
+    card = save_checkpoint(net, SPEC, tmp_path / "b", "ctx", context=context)
+    loaded = load_checkpoint(card)
+
+    plain = Predictor(loaded, device="cpu", cache=ResultCache(), use_context=False).predict(study)
+    refined = Predictor(loaded, device="cpu", cache=ResultCache()).predict(study)
+    assert not plain.context_used and refined.context_used
+    np.testing.assert_array_equal(refined.cnn_probs, plain.probs)  # CNN output kept
+    assert not np.allclose(refined.probs, plain.probs)
+    expected, study_any = apply_context(loaded.context, plain.probs)
+    np.testing.assert_allclose(refined.probs, expected, rtol=1e-6)
+    assert refined.study_scores["any"] == pytest.approx(study_any)
+    assert refined.study_scores["subdural"] == pytest.approx(float(expected[:, 5].max()))
+    assert plain.study_scores["any"] == pytest.approx(float(plain.probs[:, 0].max()))
+    doc = refined.to_dict()
+    assert "slice-context" in doc["study_score"]
+    assert set(doc["slices"][0]["cnn_probabilities"]) == set(LABELS)
+    assert "cnn_probabilities" not in plain.to_dict()["slices"][0]

@@ -44,7 +44,9 @@ def _bar_chart(prediction: Any, index: int) -> go.Figure:
         [
             go.Bar(name=f"slice {index + 1}", x=list(LABELS), y=prediction.probs[index].tolist()),
             go.Bar(
-                name="study (max)", x=list(LABELS), y=[prediction.study_scores[k] for k in LABELS]
+                name="study" if prediction.context_used else "study (max)",
+                x=list(LABELS),
+                y=[prediction.study_scores[k] for k in LABELS],
             ),
         ]
     )
@@ -122,10 +124,7 @@ def render(
         _apply_strip_selection(uid, slice_key, n)
 
     date = study.study_date.isoformat() if study.study_date else "no date"
-    st.markdown(
-        f"#### {patient} · {date} · "
-        f"{series.description or 'axial CT'} · {n} slices"
-    )
+    st.markdown(f"#### {patient} · {date} · {series.description or 'axial CT'} · {n} slices")
     if series.warnings:
         with st.expander(f"{len(series.warnings)} warning(s) about this series"):
             for w in series.warnings:
