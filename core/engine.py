@@ -39,6 +39,7 @@ from core.explain import GradCamExplainer, Heatmap
 from core.labels import LABELS
 from core.model import DEFAULT_WEIGHTS_DIR, LoadedModel, find_default_checkpoint, load_checkpoint
 from core.study import Series, Study
+from core.volume import BleedEstimate, estimate_bleed
 from core.windowing import model_input
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,9 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+#: Most slices given a Grad-CAM for localisation (each costs about one forward pass).
+MAX_LOCALISED_SLICES = 24
+
 STUDY_BY_MAX = "maximum over the slices"
 STUDY_BY_CONTEXT = "slice-context model (bidirectional GRU over the slices in order)"
 
@@ -492,6 +496,32 @@ class Predictor:
                 f"slice {slice_index} is outside this series (0..{series.n_slices - 1})"
             )
         return self.explainer.explain(series.hu[slice_index], label)
+
+    @property
+    def slice_threshold(self) -> float:
+        """P(any) from which a slice counts as flagged: the card's operating threshold (chosen
+        on cross-validation data), else 0.5."""
+        value = (self.loaded.card.get("operating_thresholds") or {}).get("slice_any")
+        return float(value) if isinstance(value, int | float) and 0 < value < 1 else 0.5
+
+    def localise(
+        self,
+        series: Series,
+        prediction: StudyPrediction,
+        *,
+        label: str = "any",
+        threshold: float | None = None,
+        max_slices: int = MAX_LOCALISED_SLICES,
+    ) -> BleedEstimate:
+        """Candidate bleed mask and volume on the slices flagged for ``label`` (at most
+        ``max_slices``, the most probable), each gated by its Grad-CAM map (core.volume)."""
+        j = LABELS.index(label)
+        cut = self.slice_threshold if threshold is None else threshold
+        p = np.asarray(prediction.probs)[:, j]
+        flagged = [int(i) for i in np.argsort(-p, kind="stable")[:max_slices] if p[i] >= cut]
+        cams = {i: self.explain(series, i, label).cam for i in flagged}
+        spacing = series.pixel_spacing or (1.0, 1.0)
+        return estimate_bleed(series.hu, [s.z for s in series.slices], spacing, flagged, cams)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities (float32, CPU) of a model-ready batch (n, 3, size, size), locked."""

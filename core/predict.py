@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: a GPU if present")
     parser.add_argument("--weights", type=Path, help="model card (.json); default: installed")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    parser.add_argument(
+        "--no-volume", action="store_true", help="skip the bleed mask and volume estimate"
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -155,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             prediction = predictor.predict(study, _progress(f"study {i}/{len(studies)}"))
             summary = prediction.to_dict()
             summary["warnings"] = list(study.warnings) + list(study.default_series.warnings)
+            if not args.no_volume:
+                estimate = predictor.localise(study.default_series, prediction)
+                summary["bleed_estimate"] = estimate.to_dict()
+                for entry, area in zip(summary["slices"], estimate.area_mm2, strict=True):
+                    entry["bleed_area_mm2"] = round(area, 1)
             if args.cam_dir is not None:
                 summary["heatmaps"] = write_heatmaps(predictor, study, prediction, args.cam_dir)
         except ModelError as exc:

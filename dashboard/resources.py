@@ -17,6 +17,7 @@ from core.explain import Heatmap
 from core.model import DEFAULT_WEIGHTS_DIR
 from core.store import DB_NAME, ReviewStore, data_dir
 from core.study import Series
+from core.volume import BleedEstimate
 
 
 def weights_dir() -> Path:
@@ -50,3 +51,12 @@ def heatmap(
     """Grad-CAM for the slice on screen, computed once per (weights, pixels, slice, label);
     the arguments with a leading underscore are not hashed, the ones after them are the key."""
     return _predictor.explain(_series, index, label)
+
+
+@st.cache_resource(max_entries=32, show_spinner="Estimating the bleed's extent…")
+def bleed_estimate(
+    _predictor: Predictor, weights: str, _series: Series, _prediction: object, pixel_hash: str
+) -> BleedEstimate:
+    """Candidate mask and volume of one series (Grad-CAM on its flagged slices), once per
+    (weights, pixels)."""
+    return _predictor.localise(_series, _prediction)  # type: ignore[arg-type]

@@ -379,3 +379,20 @@ def test_context_model_refines_slices_and_gives_the_study_score(
     assert "slice-context" in doc["study_score"]
     assert set(doc["slices"][0]["cnn_probabilities"]) == set(LABELS)
     assert "cnn_probabilities" not in plain.to_dict()["slices"][0]
+
+
+def test_localise_examines_the_flagged_slices_with_their_heatmaps(
+    loaded: LoadedModel, study: Study
+) -> None:
+    predictor = _predictor(loaded)
+    prediction = predictor.predict(study)
+    p = prediction.probs[:, 0]
+    cut = float(np.sort(p)[-3])  # the three most probable slices
+    est = predictor.localise(study.default_series, prediction, threshold=cut)
+    assert set(est.flagged) == set(np.flatnonzero(p >= cut).tolist())
+    assert est.mask.shape == study.default_series.hu.shape
+    assert not est.mask[[i for i in range(len(p)) if i not in est.flagged]].any()
+    assert est.to_dict()["volume_ml"] >= 0
+    capped = predictor.localise(study.default_series, prediction, threshold=0.0, max_slices=2)
+    assert len(capped.flagged) == 2
+    assert predictor.slice_threshold == 0.5  # the tiny card records no operating threshold

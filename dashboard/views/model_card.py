@@ -18,6 +18,17 @@ def render(predictor: Any | None, message: str) -> None:
         )
         return
     card = predictor.loaded.card
+    summary = card.get("summary")
+    if summary:
+        # The card's own verdict, with its cross-validated numbers, where it cannot be missed.
+        st.info(f"**About this model.** {summary}")
+    else:
+        st.warning("This model's card records no cross-validated performance.")
+    if predictor.context is not None:
+        st.caption(
+            "Slice probabilities are refined by the slice-context model (neighbouring slices); "
+            "the study's 'any' score is that model's study output."
+        )
     with st.expander(f"Model: {predictor.loaded.weights_identity}", expanded=False):
         st.markdown(
             f"- **Architecture**: {card.get('arch')} at {card.get('input_size')} px\n"

@@ -16,6 +16,7 @@ import streamlit as st
 from core.explain import colorbar_image, render_overlay
 from core.labels import LABELS
 from core.study import Study
+from core.volume import ESTIMATE_NOTICE, draw_outline
 from core.windowing import PRESETS, apply_window
 from dashboard import resources
 
@@ -40,9 +41,15 @@ def _apply_strip_selection(uid: str, slice_key: str, n: int) -> None:
 
 
 def _bar_chart(prediction: Any, index: int) -> go.Figure:
+    cnn = (
+        [go.Bar(name="slice, CNN alone", x=list(LABELS), y=prediction.cnn_probs[index].tolist())]
+        if prediction.context_used
+        else []
+    )
     fig = go.Figure(
         [
             go.Bar(name=f"slice {index + 1}", x=list(LABELS), y=prediction.probs[index].tolist()),
+            *cnn,
             go.Bar(
                 name="study" if prediction.context_used else "study (max)",
                 x=list(LABELS),
@@ -169,7 +176,17 @@ def render(
         width = wl[1].slider("Width (HU)", 1, 4000, int(window.width), key=f"width-{preset}")
 
         heat = None
+        bleed = None
         if prediction is not None and predictor is not None:
+            if st.toggle(
+                "Outline candidate bleed",
+                key="outline-on",
+                help="Blood-density regions inside the skull where the Grad-CAM is high, on "
+                "the slices the model flags. An estimate, not a segmentation.",
+            ):
+                bleed = resources.bleed_estimate(
+                    predictor, prediction.weights_identity, series, prediction, series.pixel_hash
+                )
             cam_on = st.toggle("Grad-CAM heatmap", key="cam-on")
             if cam_on:
                 label = st.selectbox("Heatmap label", list(LABELS), key="cam-label")
@@ -188,7 +205,16 @@ def render(
             caption += f" · Grad-CAM '{heat.label}', P = {heat.probability:.3f} on this slice"
         else:
             image = apply_window(series.hu[index], level, width)
+        if bleed is not None:
+            image = draw_outline(image, bleed.mask[index])
+            caption += f" · outlined {bleed.area_mm2[index]:.0f} mm²"
         st.image(image, caption=caption, width="stretch", output_format="PNG")
+        if bleed is not None:
+            st.markdown(
+                f"**Estimated bleed volume: {bleed.volume_ml:.1f} mL** (voxel count; ABC/2 "
+                f"{bleed.abc2_ml:.1f} mL) on {len(bleed.flagged)} flagged slice(s)."
+            )
+            st.caption(f"{ESTIMATE_NOTICE} Method: {bleed.method}.")
         if heat is not None:
             st.image(colorbar_image(), width="stretch", output_format="PNG")
             st.caption(f"low ← relative Grad-CAM → high. {CAM_NOTE}")
