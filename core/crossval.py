@@ -281,13 +281,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     refined_list, ctx_study = context_cross_validation(
         studies, spec, args.context_epochs, args.seed
     )
-    refined = evaluate(y, np.concatenate(refined_list), ids, n_boot=args.n_boot, seed=args.seed)
+    refined_p = np.concatenate(refined_list)
+    refined = evaluate(y, refined_p, ids, n_boot=args.n_boot, seed=args.seed)
     y_study = np.array([s.labels[:, 0].max() for s in studies], np.int8)
     max_study = np.array([s.probs[:, 0].max() for s in studies])
     study_max = study_figures(y_study, max_study, args.n_boot, args.seed)
     study_ctx = study_figures(y_study, ctx_study, args.n_boot, args.seed)
 
-    slice_threshold = choose_threshold(y[:, 0], p[:, 0])
+    # on what the app shows per slice: the context-refined probabilities
+    slice_threshold = choose_threshold(y[:, 0], refined_p[:, 0])
     fp = false_positive_positions(studies)
     n_slices, n_studies = int(len(y)), len(studies)
     folds = len({s.fold for s in studies})

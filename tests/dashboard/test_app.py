@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from dicom_helpers import edit, write_zip
 from streamlit.testing.v1 import AppTest
 
 from core.study import load_studies
@@ -166,3 +167,46 @@ def test_demo_study_opens_with_one_click(app_env: Path) -> None:
     at.button(key="open-demo").click().run()
     assert not at.exception
     assert _image(at)[0].startswith("Slice ") and "of 32" in _image(at)[0]
+
+
+def test_outline_toggle_draws_the_candidate_and_names_the_volume(
+    small_zip: Path, app_env: Path
+) -> None:
+    at = _upload(_start(), small_zip)
+    _, url = _image(at)
+    at.toggle(key="outline-on").set_value(True).run()
+    assert not at.exception
+    caption, _ = _image(at)
+    assert "outlined" in caption and "mm²" in caption
+    assert any("Estimated bleed volume" in m.value for m in at.main.markdown)
+    assert "not a segmentation" in _captions(at)
+
+
+def _follow_up(source: Path, out: Path) -> Path:
+    """The same patient scanned again a day later: new study, series and instance UIDs."""
+    files = []
+    with zipfile.ZipFile(source) as zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+
+            def change(ds) -> None:
+                ds.StudyInstanceUID = ds.StudyInstanceUID + ".2"
+                ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".2"
+                ds.SOPInstanceUID = ds.SOPInstanceUID + ".2"
+                ds.StudyDate = "20260102"
+                ds.StudyTime = "101500"
+
+            files.append((f"followup/{Path(info.filename).name}", edit(zf.read(info), change)))
+    return write_zip(files, out)
+
+
+def test_patient_view_shows_the_timeline_of_one_patients_studies(
+    small_zip: Path, app_env: Path, tmp_path: Path
+) -> None:
+    second = _follow_up(small_zip, tmp_path / "followup.zip")
+    at = _upload(_start(), small_zip, second)
+    assert _worklist_rows(at) == 2
+    assert any("Patient timeline" in e.label and "2 studies" in e.label for e in at.expander)
+    assert any("This patient's studies" in str(c.proto.spec) for c in at.main.get("plotly_chart"))
+    assert any("Expansion: growth ≥ 33%" in c.value for c in at.caption)
