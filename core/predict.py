@@ -28,7 +28,10 @@ from core.errors import ICHError, ModelError
 from core.explain import render_overlay
 from core.labels import LABELS, SHORT_NAMES
 from core.model import NOTICE, load_checkpoint
+from core.report_dicom import secondary_capture_bytes
+from core.report_pdf import render_pdf, report_input
 from core.study import Study, load_studies
+from core.volume import BleedEstimate
 from core.windowing import BRAIN
 
 EXIT_OK = 0
@@ -70,6 +73,26 @@ def write_heatmaps(
             }
         )
     return written
+
+
+def write_reports(
+    predictor: Predictor,
+    study: Study,
+    prediction: StudyPrediction,
+    estimate: BleedEstimate | None,
+    folder: Path,
+    show_identity: bool,
+) -> list[str]:
+    """The study's PDF report and DICOM Secondary Capture; file names from the sanitized UID.
+    The command line has no reviews: the reports say none was recorded."""
+    data = report_input(
+        study, prediction, predictor, estimate, [], study.patient_label(show_identity)
+    )
+    stem = safe_name(study.study_instance_uid)
+    pdf, dcm = f"{stem}_report.pdf", f"{stem}_key-image.dcm"
+    (folder / pdf).write_bytes(render_pdf(data))
+    (folder / dcm).write_bytes(secondary_capture_bytes(data))
+    return [pdf, dcm]
 
 
 def format_table(predictor: Predictor, rows: list[StudyPrediction]) -> str:
@@ -126,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-volume", action="store_true", help="skip the bleed mask and volume estimate"
     )
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        help="write a one-page PDF report and a DICOM Secondary Capture per study here",
+    )
+    parser.add_argument(
+        "--show-identity", action="store_true", help="name the patient in the PDF reports"
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -144,11 +175,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {source}: {exc}", file=sys.stderr)
             return EXIT_INPUT
 
-    if args.cam_dir is not None:
+    for folder in (args.cam_dir, args.report_dir):
+        if folder is None:
+            continue
         try:
-            args.cam_dir.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            print(f"error: cannot create {args.cam_dir}: {exc.strerror}", file=sys.stderr)
+            print(f"error: cannot create {folder}: {exc.strerror}", file=sys.stderr)
             return EXIT_OUTPUT
 
     predictions: list[StudyPrediction] = []
@@ -158,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             prediction = predictor.predict(study, _progress(f"study {i}/{len(studies)}"))
             summary = prediction.to_dict()
             summary["warnings"] = list(study.warnings) + list(study.default_series.warnings)
+            estimate = None
             if not args.no_volume:
                 estimate = predictor.localise(study.default_series, prediction)
                 summary["bleed_estimate"] = estimate.to_dict()
@@ -165,11 +199,15 @@ def main(argv: list[str] | None = None) -> int:
                     entry["bleed_area_mm2"] = round(area, 1)
             if args.cam_dir is not None:
                 summary["heatmaps"] = write_heatmaps(predictor, study, prediction, args.cam_dir)
+            if args.report_dir is not None:
+                summary["reports"] = write_reports(
+                    predictor, study, prediction, estimate, args.report_dir, args.show_identity
+                )
         except ModelError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_MODEL
         except OSError as exc:
-            print(f"error: cannot write a heatmap to {args.cam_dir}: {exc}", file=sys.stderr)
+            print(f"error: cannot write an output file: {exc}", file=sys.stderr)
             return EXIT_OUTPUT
         predictions.append(prediction)
         summaries.append(summary)

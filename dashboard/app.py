@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # works installed 
 
 from dashboard import resources  # noqa: E402
 from dashboard.state import session  # noqa: E402
-from dashboard.views import intake, model_card, review, viewer, worklist  # noqa: E402
+from dashboard.views import intake, model_card, reports, review, viewer, worklist  # noqa: E402
 from dashboard.views import patient as patient_view  # noqa: E402
 
 st.set_page_config(page_title="ICH review", page_icon="🧠", layout="wide")
@@ -36,6 +36,7 @@ if study is not None:
     viewer.render(study, prediction, predictor, model_message, patient)
     patient_view.render(sess, store, predictor, study)
     review.render(sess, store, study, prediction)
+    reports.render(sess, store, study, prediction, predictor)
 elif sess.open_uid:
     review.render_saved(store, sess.open_uid)
 

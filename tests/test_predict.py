@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
 import torch
 from PIL import Image
@@ -156,3 +157,22 @@ def test_safe_name() -> None:
     assert safe_name("a/b") != safe_name("a_b")  # changed names carry a hash of the original
     assert len(safe_name("9" * 500)) <= 64 + 9
     assert safe_name("") and safe_name("...")
+
+
+def test_json_carries_volume_and_areas_and_reports_are_written(
+    card: Path, small_zip: Path, tmp_path: Path
+) -> None:
+    out, reports = tmp_path / "out.json", tmp_path / "reports"
+    argv = [str(small_zip), "--weights", str(card), "--json", str(out)]
+    assert main([*argv, "--report-dir", str(reports), "--device", "cpu"]) == EXIT_OK
+    entry = json.loads(out.read_text(encoding="utf-8"))["studies"][0]
+    bleed = entry["bleed_estimate"]
+    assert bleed["volume_ml"] >= 0 and "estimate" in bleed["notice"]
+    assert all(s["bleed_area_mm2"] >= 0 for s in entry["slices"])
+    flagged = set(bleed["flagged_slices"])
+    assert all(s["bleed_area_mm2"] == 0 for i, s in enumerate(entry["slices"]) if i not in flagged)
+    stem = safe_name(entry["StudyInstanceUID"])
+    assert sorted(entry["reports"]) == [f"{stem}_key-image.dcm", f"{stem}_report.pdf"]
+    assert (reports / f"{stem}_report.pdf").read_bytes().startswith(b"%PDF")
+    ds = pydicom.dcmread(reports / f"{stem}_key-image.dcm")
+    assert ds.Modality == "OT" and "RESEARCH USE ONLY" in ds.ImageComments

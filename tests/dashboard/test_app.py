@@ -210,3 +210,15 @@ def test_patient_view_shows_the_timeline_of_one_patients_studies(
     assert any("Patient timeline" in e.label and "2 studies" in e.label for e in at.expander)
     assert any("This patient's studies" in str(c.proto.spec) for c in at.main.get("plotly_chart"))
     assert any("Expansion: growth ≥ 33%" in c.value for c in at.caption)
+
+
+def test_reports_are_prepared_then_offered_for_download(small_zip: Path, app_env: Path) -> None:
+    at = _upload(_start(), small_zip)
+    uid = load_studies(small_zip)[0].study_instance_uid
+    buttons = {b.key: b for b in at.get("download_button")}
+    assert buttons[f"pdf-{uid}"].proto.disabled
+    at.button(key=f"prepare-{uid}").click().run()
+    assert not at.exception
+    buttons = {b.key: b for b in at.get("download_button")}
+    assert not buttons[f"pdf-{uid}"].proto.disabled
+    assert not buttons[f"dcm-{uid}"].proto.disabled

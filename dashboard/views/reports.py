@@ -1,0 +1,65 @@
+"""Report downloads for the open study: a one-page PDF and a DICOM Secondary Capture for PACS.
+Built on request (a Grad-CAM and the bleed estimate are computed), then offered for download."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from core.report_dicom import secondary_capture_bytes
+from core.report_pdf import render_pdf, report_input
+from core.store import ReviewStore
+from core.study import Study
+from dashboard import resources
+from dashboard.state import Session
+
+
+def render(
+    sess: Session, store: ReviewStore, study: Study, prediction: Any, predictor: Any
+) -> None:
+    if prediction is None or predictor is None:
+        return
+    uid = study.study_instance_uid
+    reviews = store.history(uid)
+    key = f"report-{uid}-{len(reviews)}"  # a new review makes the prepared report stale
+    st.markdown("##### Reports")
+    cols = st.columns([2, 2, 2, 3])
+    if cols[0].button("Prepare reports", key=f"prepare-{uid}", width="stretch"):
+        series = study.default_series
+        with st.spinner("Preparing the report…"):
+            estimate = resources.bleed_estimate(
+                predictor, prediction.weights_identity, series, prediction, series.pixel_hash
+            )
+            data = report_input(
+                study,
+                prediction,
+                predictor,
+                estimate,
+                reviews,
+                study.patient_label(sess.show_identity, store.salt),
+            )
+            st.session_state[key] = (render_pdf(data), secondary_capture_bytes(data))
+    ready = st.session_state.get(key)
+    cols[1].download_button(
+        "PDF report",
+        ready[0] if ready else b"",
+        file_name="ich-review-report.pdf",
+        mime="application/pdf",
+        disabled=ready is None,
+        key=f"pdf-{uid}",
+        width="stretch",
+    )
+    cols[2].download_button(
+        "Key image (DICOM)",
+        ready[1] if ready else b"",
+        file_name="ich-review-key-image.dcm",
+        mime="application/dicom",
+        disabled=ready is None,
+        key=f"dcm-{uid}",
+        width="stretch",
+    )
+    cols[3].caption(
+        "The PDF names the patient only when identities are shown. The DICOM object carries "
+        "the study's patient data so that a PACS can file it."
+    )
