@@ -102,13 +102,23 @@ def _stop(process: subprocess.Popen) -> None:
 def streamlit_server(tiny_weights: Path, tmp_path: Path) -> Iterator[StreamlitServer]:
     """`streamlit run dashboard/app.py` on a free 127.0.0.1 port with the tiny model and an empty
     review database; always stopped (terminate, then kill) at teardown."""
+    yield from _serve(tiny_weights, tmp_path)
+
+
+@pytest.fixture
+def shipped_server(tmp_path: Path) -> Iterator[StreamlitServer]:
+    """The same with the model shipped in weights/ (the app's default)."""
+    yield from _serve(ROOT / "weights", tmp_path)
+
+
+def _serve(weights: Path, tmp_path: Path) -> Iterator[StreamlitServer]:
     port = _free_port()
     data_dir = tmp_path / "review-data"
     data_dir.mkdir()
     log_path = tmp_path / "streamlit.log"
     env = {
         **os.environ,
-        "ICH_WEIGHTS": str(tiny_weights),
+        "ICH_WEIGHTS": str(weights),
         "ICH_REVIEW_DATA": str(data_dir),
         "PYTHONUNBUFFERED": "1",
     }
@@ -132,7 +142,7 @@ def streamlit_server(tiny_weights: Path, tmp_path: Path) -> Iterator[StreamlitSe
         process = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    server = StreamlitServer(url, data_dir, tiny_weights, process, log_path)
+    server = StreamlitServer(url, data_dir, weights, process, log_path)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:

@@ -13,8 +13,11 @@ import numpy as np
 from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 
+from core.engine import Predictor, ResultCache
+from core.model import load_checkpoint
 from core.store import DB_NAME, ReviewStore
 from core.study import Study, load_studies, pseudonym
+from core.volume import OUTLINE_RGB
 from core.windowing import apply_window
 
 FIRST_PREDICTION_TIMEOUT_MS = 120_000  # reading + first model run on 2 CPU cores
@@ -248,3 +251,48 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     )
     assert streamlit_server.process.poll() is None, streamlit_server.log_tail()
     assert "Traceback" not in streamlit_server.log_tail(20_000), streamlit_server.log_tail()
+
+
+OUTLINE_STUDY = "ID_b026766696"  # a real study with a large intraparenchymal bleed
+
+
+def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
+    shipped_server, browser_page, study_zips: list[Path], output_dir: Path
+) -> None:
+    """The shipped model on a real bleeding study: the outline is drawn on the slice where the
+    estimate is largest, with its area in the caption and the volume beside it."""
+    path = next(p for p in study_zips if p.stem == OUTLINE_STUDY)
+    (study,) = load_studies(path)
+    predictor = Predictor(load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache())
+    prediction = predictor.predict(study)
+    estimate = predictor.localise(study.default_series, prediction)
+    areas = np.array(estimate.area_mm2)
+    assert areas.max() > 0, f"the shipped model outlines nothing on {OUTLINE_STUDY}"
+    target = int(areas.argmax()) + 1
+
+    page: Page = browser_page.page
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    expect.set_options(timeout=STEP_TIMEOUT_MS)
+    page.goto(shipped_server.url, wait_until="domcontentloaded")
+    sidebar, main = page.get_by_test_id("stSidebar"), page.get_by_test_id("stMain")
+    sidebar.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(str(path))
+    expect(_plotly_chart(page, "Probabilities")).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    expect(sidebar.get_by_text("About this model.")).to_be_visible()
+
+    slider = main.get_by_role("slider").first
+    slider.focus()
+    page.keyboard.press("Home")
+    for _ in range(target - 1):
+        page.keyboard.press("ArrowRight")
+    caption = _slice_figure(page).get_by_test_id("stImageCaption")
+    expect(caption).to_contain_text(f"Slice {target} of {study.default_series.n_slices} ")
+
+    main.get_by_text("Outline candidate bleed", exact=True).click()
+    expect(caption).to_contain_text("outlined", timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    shown = float(re.search(r"outlined (\d+) mm²", caption.inner_text()).group(1))
+    assert shown == round(areas[target - 1]), (shown, areas[target - 1])
+    expect(main.get_by_text("Estimated bleed volume")).to_be_visible()
+    image = np.asarray(_fetch_png(page, _slice_src(page)).convert("RGB"))
+    assert (image == np.array(OUTLINE_RGB)).all(axis=-1).sum() > 20, "no outline pixels drawn"
+    _full_page_screenshot(page, output_dir / "viewer-outline.png")
+    _assert_real_png(output_dir / "viewer-outline.png")

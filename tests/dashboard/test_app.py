@@ -222,3 +222,12 @@ def test_reports_are_prepared_then_offered_for_download(small_zip: Path, app_env
     buttons = {b.key: b for b in at.get("download_button")}
     assert not buttons[f"pdf-{uid}"].proto.disabled
     assert not buttons[f"dcm-{uid}"].proto.disabled
+
+
+def test_the_shipped_model_is_the_default(
+    small_zip: Path, app_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ICH_WEIGHTS")  # a fresh clone: nothing configured
+    at = _start()
+    assert any("About this model." in i.value for i in at.sidebar.info)
+    assert any(e.label.startswith("Model: ich-resnext101") for e in at.sidebar.expander)
