@@ -559,12 +559,7 @@ def load_checkpoint(
     with torch.device("meta"):
         model = build_model(spec)
     model.to_empty(device="cpu")
-    detail = _state_mismatch(model.state_dict(), state)
-    if not detail:
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            detail = str(exc).strip().splitlines()[-1].strip() or type(exc).__name__
+    detail = _load_strict(model, state)
     if detail:
         raise ModelError(
             f"The weights of {where} do not fit the architecture {spec.arch} named in the card "
@@ -604,18 +599,24 @@ def _load_context(
             f"The model card {where} describes its slice-context model wrongly ({exc}). "
             + _reinstall(card_path)
         ) from None
-    detail = _state_mismatch(context.state_dict(), state)
-    if not detail:
-        try:
-            context.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            detail = str(exc).strip().splitlines()[-1].strip() or type(exc).__name__
+    detail = _load_strict(context, state)
     if detail:
         raise ModelError(
             f"The slice-context weights of {where} do not fit the card ({detail}). "
             + _reinstall(card_path)
         )
     return context.eval()
+
+
+def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """Load ``state`` into ``module`` exactly; '' on success, else why it does not fit."""
+    detail = _state_mismatch(module.state_dict(), state)
+    if not detail:
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            detail = str(exc).strip().splitlines()[-1].strip() or type(exc).__name__
+    return detail
 
 
 def _state_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
