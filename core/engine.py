@@ -498,6 +498,12 @@ class Predictor:
         return self.explainer.explain(series.hu[slice_index], label)
 
     @property
+    def study_threshold(self) -> float | None:
+        """The card's operating threshold for the study P(any), or None when it records none."""
+        value = (self.loaded.card.get("operating_thresholds") or {}).get("study_any")
+        return float(value) if isinstance(value, int | float) and 0 < value < 1 else None
+
+    @property
     def slice_threshold(self) -> float:
         """P(any) from which a slice counts as flagged: the card's operating threshold (chosen
         on cross-validation data), else 0.5."""

@@ -384,6 +384,7 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
         "",
         f"**{NOTICE}**",
         "",
+        *([f"{card['summary']}", ""] if card.get("summary") else []),
         "| | |",
         "|---|---|",
         f"| Architecture | {card.get('arch', not_recorded)} |",
@@ -416,7 +417,7 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
     context = card.get("context")
     if context:
         out += ["", "## Slice-context model", "", _md_value(context)]
-    shown = RESERVED_CARD_KEYS | {"training_data", "split", "command", "metrics"}
+    shown = RESERVED_CARD_KEYS | {"training_data", "split", "command", "metrics", "summary"}
     other = {k: v for k, v in card.items() if k not in shown}
     if other:
         out += ["", "## Other details", "", _md_value(other)]

@@ -28,7 +28,7 @@ with st.sidebar:
     model_card.render(predictor, model_message)
     intake.render(sess)
 
-worklist.render(sess, store)
+worklist.render(sess, store, predictor.study_threshold if predictor is not None else None)
 study = sess.studies.get(sess.open_uid) if sess.open_uid else None
 if study is not None:
     prediction = sess.predictions.get(study.study_instance_uid)

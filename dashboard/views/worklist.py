@@ -10,7 +10,8 @@ from core.worklist import build_worklist, worklist_csv
 from dashboard.state import Session
 
 
-def render(sess: Session, store: ReviewStore) -> None:
+def render(sess: Session, store: ReviewStore, threshold: float | None = None) -> None:
+    """``threshold``: the model's operating point for the study P(any) (from its card), or None."""
     scores = {uid: p.study_scores for uid, p in sess.predictions.items()}
     entries = build_worklist(
         sess.studies.values(),
@@ -41,6 +42,12 @@ def render(sess: Session, store: ReviewStore) -> None:
         "Study date": [e.study_date or "—" for e in entries],
         "Slices": [e.n_slices for e in entries],
         "P(any)": [e.p_any for e in entries],
+        "Flag": [
+            "above operating point"
+            if threshold is not None and e.p_any is not None and e.p_any >= threshold
+            else ""
+            for e in entries
+        ],
         "Top subtype": [
             f"{e.top_subtype} {e.p_top_subtype:.2f}" if e.top_subtype else "—" for e in entries
         ],

@@ -9,6 +9,7 @@ import pytest
 from dicom_helpers import edit, write_zip
 from streamlit.testing.v1 import AppTest
 
+from core.model import find_default_checkpoint, load_checkpoint
 from core.study import load_studies
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
@@ -231,3 +232,8 @@ def test_the_shipped_model_is_the_default(
     at = _start()
     assert any("About this model." in i.value for i in at.sidebar.info)
     assert any(e.label.startswith("Model: ich-resnext101") for e in at.sidebar.expander)
+    at = _upload(at, small_zip)
+    table = at.main.get("dataframe")[0].value
+    threshold = load_checkpoint(find_default_checkpoint()).card["operating_thresholds"]
+    flagged = table["P(any)"][0] >= threshold["study_any"]
+    assert table["Flag"][0] == ("above operating point" if flagged else "")
