@@ -279,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=ContextSpec().hidden)
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--fold-command",
+        help="how the folds were trained (recorded verbatim in the card), e.g. the core.train "
+        "command line with FOLD in place of the fold number",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the figures, change nothing")
     return p
 
@@ -327,10 +332,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     h = headline(cnn, refined, study_max, study_ctx)
     h["position_only_reference"] = _r(position_only)
+    # A threshold on a ranking worse than chance is meaningless (Youden's J then picks an
+    # extreme that flags everything or nothing): none is recorded and the tools say so.
+    slice_auc = refined["model"]["labels"]["any"]["auc"]
+    usable_slice = isinstance(slice_auc, float) and slice_auc > 0.5
+    usable_study = isinstance(study_ctx["auc"], float) and study_ctx["auc"] > 0.5
     thresholds = {
-        "study_any": study_ctx.get("threshold"),
-        "slice_any": None if slice_threshold is None else float(slice_threshold),
-        "rule": "Youden's J on the out-of-fold (validation) predictions of the cross-validation",
+        "study_any": study_ctx.get("threshold") if usable_study else None,
+        "slice_any": float(slice_threshold) if usable_slice and slice_threshold else None,
+        "rule": "Youden's J on the out-of-fold (validation) predictions of the cross-validation; "
+        "none where the cross-validated AUC is not above 0.5",
     }
     report = {
         "data": data,
@@ -348,7 +359,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.dry_run:
         return report
 
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(args.checkpoint, with_context=False)
     context = fit_context([s.example for s in studies], spec, epochs=args.context_epochs)
     card = {k: v for k, v in loaded.card.items() if k not in RESERVED_CARD_KEYS}
     metrics = {
@@ -359,16 +370,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     card["operating_thresholds"] = thresholds
     card["false_positive_positions_any"] = fp
     card["cross_validation_report"] = f"{loaded.name}-crossval.json"
+    card["cross_validation"] = {
+        "folds": folds,
+        "fold_command": args.fold_command or "not recorded",
+        "command": "python -m core.crossval "
+        + " ".join(str(r) for r in args.runs)
+        + f" --checkpoint {args.checkpoint}",
+    }
     context_info = {
-        "model": "bidirectional GRU over the slices in patient-axis order (core.context)",
+        "model": "monotone 1-D convolution over the slices in patient-axis order, with a "
+        "position prior (core.context)",
         "input": "the CNN's six logits per slice and the slice's relative position",
         "trained_on": (
             f"out-of-fold CNN outputs of {n_studies} studies ({folds} folds), "
             f"{args.context_epochs} full-batch epochs, seed {args.seed}"
         ),
-        "command": "python -m core.crossval "
-        + " ".join(str(r) for r in args.runs)
-        + f" --checkpoint {args.checkpoint}",
+        "command": "see cross_validation.command",
     }
     directory = loaded.card_path.parent
     out = directory / f"{loaded.name}-crossval.json"
@@ -415,7 +432,12 @@ def format_report(report: dict[str, Any]) -> str:
         ),
         f"study operating point   threshold {f(c['study_threshold'])}: sensitivity "
         f"{f(c['study_sensitivity'])}, specificity {f(c['study_specificity'])} (chosen on these "
-        "out-of-fold data)",
+        "out-of-fold data"
+        + (
+            ")"
+            if report["operating_thresholds"]["study_any"] is not None
+            else "; not recorded: the study AUC is not above 0.5)"
+        ),
     ]
     fp = report.get("false_positive_positions_any")
     if fp:

@@ -16,6 +16,7 @@ resource cache): the model is loaded once.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import sys
@@ -309,7 +310,7 @@ def resolve_device(device: str | None) -> str:
 MAX_LOCALISED_SLICES = 24
 
 STUDY_BY_MAX = "maximum over the slices"
-STUDY_BY_CONTEXT = "slice-context model (bidirectional GRU over the slices in order)"
+STUDY_BY_CONTEXT = "slice-context model (1-D convolution over the slices in order)"
 
 
 def _build_prediction(
@@ -527,7 +528,8 @@ class Predictor:
         flagged = [int(i) for i in np.argsort(-p, kind="stable")[:max_slices] if p[i] >= cut]
         cams = {i: self.explain(series, i, label).cam for i in flagged}
         spacing = series.pixel_spacing or (1.0, 1.0)
-        return estimate_bleed(series.hu, [s.z for s in series.slices], spacing, flagged, cams)
+        estimate = estimate_bleed(series.hu, [s.z for s in series.slices], spacing, flagged, cams)
+        return dataclasses.replace(estimate, threshold=float(cut))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities (float32, CPU) of a model-ready batch (n, 3, size, size), locked."""

@@ -279,6 +279,7 @@ def save_checkpoint(
         if size >= max_shard_bytes:  # the header bound above was wrong: never write silently
             tmp.unlink()
             raise RuntimeError(f"{file_name} would be {size} bytes, over {max_shard_bytes}")
+        os.chmod(tmp, 0o644)  # safetensors creates it owner-only; weights are not secret
         os.replace(tmp, path)
         hashes.append(_sha256(path))
 
@@ -354,6 +355,20 @@ def _md_scalar(value: Any) -> str:
     return str(value)
 
 
+def _metric_rows(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Nested metrics as table rows: dotted names, intervals as "low – high"."""
+    rows: list[tuple[str, str]] = []
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            rows += _metric_rows(value, name + ".")
+        elif isinstance(value, list) and all(isinstance(v, int | float) for v in value):
+            rows.append((name, " – ".join(_md_scalar(float(v)) for v in value) or "(none)"))
+        else:
+            rows.append((name, _md_scalar(value)))
+    return rows
+
+
 def _md_metrics(metrics: Any) -> str:
     if isinstance(metrics, Mapping):
         items = [(str(k), v) for k, v in metrics.items()]
@@ -367,7 +382,7 @@ def _md_metrics(metrics: Any) -> str:
     for data, values in items:
         parts.append(f"Measured on: **{data}**\n\n")
         if isinstance(values, Mapping) and values:
-            rows = "\n".join(f"| {k} | {_md_scalar(v)} |" for k, v in values.items())
+            rows = "\n".join(f"| {k} | {v} |" for k, v in _metric_rows(values))
             parts.append(f"| Metric | Value |\n|---|---|\n{rows}\n\n")
         else:
             parts.append(_md_value(values) + "\n\n")
@@ -470,12 +485,14 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     *,
     name: str | None = None,
+    with_context: bool = True,
 ) -> LoadedModel:
     """Load a checkpoint after checking every file against its card.
 
     ``path`` is the card (``<name>.json``), or a directory with ``name=``, or a directory alone
     (its newest card, see find_default_checkpoint). Any problem raises ModelError with a
     message for the person running the tool: no weights are used unless all checks pass.
+    ``with_context=False`` loads the CNN alone, leaving out a stored slice-context model.
     """
     path = Path(path)
     if name is not None:
@@ -566,7 +583,11 @@ def load_checkpoint(
             f"The weights of {where} do not fit the architecture {spec.arch} named in the card "
             f"({detail}). " + _reinstall(card_path)
         )
-    context = _load_context(card.get("context"), context_state, where, card_path)
+    context = (
+        _load_context(card.get("context"), context_state, where, card_path)
+        if with_context
+        else None  # the CNN alone (core.crossval replaces the context model)
+    )
     del state
     model.to(device).eval()
     combined = combined_sha256(hashes)

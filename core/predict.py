@@ -150,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-volume", action="store_true", help="skip the bleed mask and volume estimate"
     )
     parser.add_argument(
+        "--flag-threshold",
+        type=float,
+        help="P(any) from which slices are outlined for the volume (default: the model's "
+        "operating point, else 0.5)",
+    )
+    parser.add_argument(
         "--report-dir",
         type=Path,
         help="write a one-page PDF report and a DICOM Secondary Capture per study here",
@@ -160,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.flag_threshold is not None and not 0.0 < args.flag_threshold < 1.0:
+        parser.error("--flag-threshold must be a probability between 0 and 1")
 
     try:
         predictor = _load_predictor(args)
@@ -193,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             summary["warnings"] = list(study.warnings) + list(study.default_series.warnings)
             estimate = None
             if not args.no_volume:
-                estimate = predictor.localise(study.default_series, prediction)
+                estimate = predictor.localise(
+                    study.default_series, prediction, threshold=args.flag_threshold
+                )
                 summary["bleed_estimate"] = estimate.to_dict()
                 for entry, area in zip(summary["slices"], estimate.area_mm2, strict=True):
                     entry["bleed_area_mm2"] = round(area, 1)

@@ -54,6 +54,7 @@ class BleedEstimate:
     abc2_ml: float
     slice_spacing_mm: float
     pixel_area_mm2: float
+    threshold: float | None = None  # P(any) from which slices were flagged, when known
     method: str = METHOD
     abc2_method: str = ABC2_METHOD
 
@@ -65,6 +66,7 @@ class BleedEstimate:
             "abc2_method": self.abc2_method,
             "notice": ESTIMATE_NOTICE,
             "slice_spacing_mm": round(self.slice_spacing_mm, 3),
+            "flag_threshold_p_any": self.threshold,
             "flagged_slices": list(self.flagged),
         }
 

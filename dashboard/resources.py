@@ -55,8 +55,13 @@ def heatmap(
 
 @st.cache_resource(max_entries=32, show_spinner="Estimating the bleed's extent…")
 def bleed_estimate(
-    _predictor: Predictor, weights: str, _series: Series, _prediction: object, pixel_hash: str
+    _predictor: Predictor,
+    weights: str,
+    _series: Series,
+    _prediction: object,
+    pixel_hash: str,
+    threshold: float | None = None,
 ) -> BleedEstimate:
-    """Candidate mask and volume of one series (Grad-CAM on its flagged slices), once per
-    (weights, pixels)."""
-    return _predictor.localise(_series, _prediction)  # type: ignore[arg-type]
+    """Candidate mask and volume of one series (Grad-CAM on the slices flagged at
+    ``threshold``, default the model's), once per (weights, pixels, threshold)."""
+    return _predictor.localise(_series, _prediction, threshold=threshold)  # type: ignore[arg-type]

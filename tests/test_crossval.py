@@ -109,6 +109,10 @@ def test_crossval_stores_context_metrics_and_thresholds(tmp_path: Path, final_ca
     assert report["headline"] == h
     md = final_card.with_suffix(".md").read_text()
     assert "cross-validation: 3 folds" in md and "Slice-context model" in md
+    # run again: the context model is replaced, the card keeps one cross-validation entry
+    assert main(argv) == 0
+    again = load_checkpoint(final_card)
+    assert again.context is not None and len(again.card["metrics"]) == 2
 
 
 def test_dry_run_changes_nothing(tmp_path: Path, final_card: Path, capsys) -> None:

@@ -360,7 +360,8 @@ def test_context_model_refines_slices_and_gives_the_study_score(
 ) -> None:
     torch.manual_seed(3)
     context = SliceContext().eval()
-    torch.nn.init.normal_(context.delta.weight, std=0.5)  # a context model that changes things
+    torch.nn.init.normal_(context.kernel_logits, std=2.0)  # a context model that changes things
+    torch.nn.init.normal_(context.position[2].bias, std=1.0)
     net = load_checkpoint(make_tiny_checkpoint(tmp_path / "a")).model
     card = save_checkpoint(net, SPEC, tmp_path / "b", "ctx", context=context)
     loaded = load_checkpoint(card)

@@ -39,7 +39,11 @@ def test_shipped_card_records_cross_validation_and_baseline() -> None:
     assert cv["slice_auc"]["epidural"] == "not measurable"
     assert cv["constant_prior_baseline"]["slice_auc_any"] == 0.5
     assert "with_slice_context" in cv and "study_auc_any" in cv["with_slice_context"]
-    assert 0 < card["operating_thresholds"]["study_any"] < 1
+    threshold = card["operating_thresholds"]["study_any"]
+    if cv["with_slice_context"]["study_auc_any"] > 0.5:
+        assert 0 < threshold < 1
+    else:  # no operating point on a ranking worse than chance
+        assert threshold is None
     assert "research" in card["summary"].lower() or "demonstration" in card["summary"].lower()
     assert "python -m core.train" in card["command"]
     for entry in card["weights_files"]:

@@ -184,8 +184,22 @@ def render(
                 help="Blood-density regions inside the skull where the Grad-CAM is high, on "
                 "the slices the model flags. An estimate, not a segmentation.",
             ):
+                cut = st.slider(
+                    "Outline slices from P(any)",
+                    0.05,
+                    0.95,
+                    round(predictor.slice_threshold * 20) / 20,
+                    0.05,
+                    key="outline-threshold",
+                    help="Default: the model's operating point from its card, else 0.5.",
+                )
                 bleed = resources.bleed_estimate(
-                    predictor, prediction.weights_identity, series, prediction, series.pixel_hash
+                    predictor,
+                    prediction.weights_identity,
+                    series,
+                    prediction,
+                    series.pixel_hash,
+                    cut,
                 )
             cam_on = st.toggle("Grad-CAM heatmap", key="cam-on")
             if cam_on:
@@ -212,7 +226,8 @@ def render(
         if bleed is not None:
             st.markdown(
                 f"**Estimated bleed volume: {bleed.volume_ml:.1f} mL** (voxel count; ABC/2 "
-                f"{bleed.abc2_ml:.1f} mL) on {len(bleed.flagged)} flagged slice(s)."
+                f"{bleed.abc2_ml:.1f} mL) on {len(bleed.flagged)} slice(s) with P(any) ≥ "
+                f"{bleed.threshold:.2f}."
             )
             st.caption(f"{ESTIMATE_NOTICE} Method: {bleed.method}.")
         if heat is not None:

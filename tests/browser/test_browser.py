@@ -254,6 +254,7 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
 
 
 OUTLINE_STUDY = "ID_b026766696"  # a real study with a large intraparenchymal bleed
+OUTLINE_FROM = 0.30  # the P(any) set on the page's slider; the model's default is 0.5
 
 
 def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
@@ -265,7 +266,7 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     (study,) = load_studies(path)
     predictor = Predictor(load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache())
     prediction = predictor.predict(study)
-    estimate = predictor.localise(study.default_series, prediction)
+    estimate = predictor.localise(study.default_series, prediction, threshold=OUTLINE_FROM)
     areas = np.array(estimate.area_mm2)
     assert areas.max() > 0, f"the shipped model outlines nothing on {OUTLINE_STUDY}"
     target = int(areas.argmax()) + 1
@@ -289,6 +290,16 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
 
     main.get_by_text("Outline candidate bleed", exact=True).click()
     expect(caption).to_contain_text("outlined", timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    # lower the flagging threshold on its slider (0.05 per key press)
+    cut = main.get_by_test_id("stSlider").filter(has_text="Outline slices from P(any)")
+    thumb = cut.get_by_role("slider")
+    start = round(predictor.slice_threshold * 20) / 20  # the slider's default
+    thumb.focus()
+    for _ in range(round((start - OUTLINE_FROM) / 0.05)):
+        page.keyboard.press("ArrowLeft")
+    expect(main.get_by_text(f"P(any) ≥ {OUTLINE_FROM:.2f}")).to_be_visible(
+        timeout=FIRST_PREDICTION_TIMEOUT_MS
+    )
     shown = float(re.search(r"outlined (\d+) mm²", caption.inner_text()).group(1))
     assert shown == round(areas[target - 1]), (shown, areas[target - 1])
     expect(main.get_by_text("Estimated bleed volume")).to_be_visible()
