@@ -306,6 +306,11 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+IN_TRAINING_NOTE = (
+    "This study was part of the model's training data: its probabilities are in-sample and "
+    "say nothing about how the model does on new studies."
+)
+
 #: Most slices given a Grad-CAM for localisation (each costs about one forward pass).
 MAX_LOCALISED_SLICES = 24
 
@@ -497,6 +502,13 @@ class Predictor:
                 f"slice {slice_index} is outside this series (0..{series.n_slices - 1})"
             )
         return self.explainer.explain(series.hu[slice_index], label)
+
+    def seen_in_training(self, study_instance_uid: str) -> bool:
+        """Whether the card lists this study among the model's training studies: its
+        probabilities are then in-sample and say nothing about how the model does on new
+        studies."""
+        split = self.loaded.card.get("split") or {}
+        return study_instance_uid in set(split.get("train_study_uids") or ())
 
     @property
     def study_threshold(self) -> float | None:

@@ -23,7 +23,13 @@ from typing import Any
 
 from PIL import Image
 
-from core.engine import STUDY_BY_CONTEXT, STUDY_BY_MAX, Predictor, StudyPrediction
+from core.engine import (
+    IN_TRAINING_NOTE,
+    STUDY_BY_CONTEXT,
+    STUDY_BY_MAX,
+    Predictor,
+    StudyPrediction,
+)
 from core.errors import ICHError, ModelError
 from core.explain import render_overlay
 from core.labels import LABELS, SHORT_NAMES
@@ -199,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             prediction = predictor.predict(study, _progress(f"study {i}/{len(studies)}"))
             summary = prediction.to_dict()
             summary["warnings"] = list(study.warnings) + list(study.default_series.warnings)
+            summary["in_training_data"] = predictor.seen_in_training(study.study_instance_uid)
+            if summary["in_training_data"]:
+                summary["warnings"].append(IN_TRAINING_NOTE)
             estimate = None
             if not args.no_volume:
                 estimate = predictor.localise(

@@ -76,4 +76,5 @@ def test_predict_command_uses_the_shipped_model_without_options(unlabelled_zip: 
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
     assert doc["model"]["card"] == _card().name
+    assert doc["studies"][0]["in_training_data"] is False  # the demo study was never trained on
     assert "slice-context" in doc["study_score"]

@@ -13,6 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.engine import IN_TRAINING_NOTE
 from core.explain import colorbar_image, render_overlay
 from core.labels import LABELS
 from core.study import Study
@@ -132,6 +133,8 @@ def render(
 
     date = study.study_date.isoformat() if study.study_date else "no date"
     st.markdown(f"#### {patient} · {date} · {series.description or 'axial CT'} · {n} slices")
+    if prediction is not None and predictor is not None and predictor.seen_in_training(uid):
+        st.warning(IN_TRAINING_NOTE, icon="⚠️")
     if series.warnings:
         with st.expander(f"{len(series.warnings)} warning(s) about this series"):
             for w in series.warnings:

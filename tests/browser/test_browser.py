@@ -279,6 +279,7 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     sidebar.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(str(path))
     expect(_plotly_chart(page, "Probabilities")).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
     expect(sidebar.get_by_text("About this model.")).to_be_visible()
+    expect(main.get_by_text("part of the model's training data")).to_be_visible()
 
     slider = main.get_by_role("slider").first
     slider.focus()
