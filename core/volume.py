@@ -11,11 +11,13 @@ they would measure by hand. Both are estimates, and the callers say so.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 #: Acute blood in HU (clotted blood ~ 60–80; calcification and bone lie above).
 BLOOD_HU = (50.0, 90.0)
@@ -116,10 +118,13 @@ def candidate_mask(
 
 def _diameters(region: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[float, float]:
     """Longest diameter A of a region (mm) and its largest extent B perpendicular to A."""
-    rows, cols = np.nonzero(region)
+    rows, cols = np.nonzero(outline(region))  # the extremes lie on the border
     pts = np.stack([rows * pixel_mm[0], cols * pixel_mm[1]], axis=1)
-    if len(pts) > 2000:  # enough boundary-like samples for a diameter, in bounded time
-        pts = pts[np.linspace(0, len(pts) - 1, 2000).astype(int)]
+    if len(pts) > 3:
+        # …and on its convex hull: the exact diameter from a few dozen points (collinear or
+        # degenerate regions have no hull: their border points are used as they are)
+        with contextlib.suppress(QhullError):
+            pts = pts[ConvexHull(pts).vertices]
     d = np.linalg.norm(pts[:, None, :] - pts[None, :, :], axis=-1)
     i, j = np.unravel_index(int(d.argmax()), d.shape)
     a = float(d[i, j])
