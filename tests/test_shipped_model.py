@@ -78,3 +78,12 @@ def test_predict_command_uses_the_shipped_model_without_options(unlabelled_zip: 
     assert doc["model"]["card"] == _card().name
     assert doc["studies"][0]["in_training_data"] is False  # the demo study was never trained on
     assert "slice-context" in doc["study_score"]
+
+
+def test_training_studies_are_marked_in_sample(
+    study_zips: list[Path], unlabelled_zip: Path
+) -> None:
+    predictor = Predictor(load_checkpoint(_card()), "cpu", cache=ResultCache())
+    for path in study_zips:  # the 16 labelled studies trained the shipped model
+        assert predictor.seen_in_training(load_studies(path)[0].study_instance_uid)
+    assert not predictor.seen_in_training(load_studies(unlabelled_zip)[0].study_instance_uid)
