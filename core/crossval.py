@@ -186,11 +186,10 @@ def _r(value: Any) -> Any:
     return value
 
 
-def headline(
-    cnn: dict[str, Any], refined: dict[str, Any], study_max: dict, study_ctx: dict
-) -> dict[str, Any]:
+def headline(cnn: dict[str, Any], refined: dict[str, Any], study_ctx: dict) -> dict[str, Any]:
     """The card's few numbers, each next to its constant-prior reference."""
     m, b = cnn["model"], cnn["baseline"]
+    study_max = m["study_any"]  # evaluate()'s study level: the highest slice score
     return _r(
         {
             "slice_auc_any": m["labels"]["any"]["auc"],
@@ -311,8 +310,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     blind_list, blind_study = context_cross_validation(blind, spec, args.context_epochs, args.seed)
     blind_p = np.concatenate(blind_list)
     y_study = np.array([s.labels[:, 0].max() for s in studies], np.int8)
-    max_study = np.array([s.probs[:, 0].max() for s in studies])
-    study_max = study_figures(y_study, max_study, args.n_boot, args.seed)
     study_ctx = study_figures(y_study, ctx_study, args.n_boot, args.seed)
     position_only = {
         "slice_auc_any": roc_auc(y[:, 0], blind_p[:, 0]),
@@ -330,7 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"cross-validation: {folds} folds by patient over {n_studies} studies ({n_slices} "
         "slices); every study scored by a CNN (and a slice-context model) that never saw it"
     )
-    h = headline(cnn, refined, study_max, study_ctx)
+    h = headline(cnn, refined, study_ctx)
     h["position_only_reference"] = _r(position_only)
     # A threshold on a ranking worse than chance is meaningless (Youden's J then picks an
     # extreme that flags everything or nothing): none is recorded and the tools say so.
@@ -348,7 +345,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "runs": infos,
         "cnn_out_of_fold": cnn,
         "with_slice_context_out_of_fold": refined,
-        "study_any_max_over_slices": study_max,
         "study_any_slice_context": study_ctx,
         "position_only_reference": position_only,
         "false_positive_positions_any": fp,

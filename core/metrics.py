@@ -59,6 +59,19 @@ def _same_shape(a: NDArray[Any], b: NDArray[Any]) -> None:
         raise ValueError(f"shapes differ: labels {a.shape}, predictions {b.shape}")
 
 
+def _one_label(
+    y_true: ArrayLike, scores: ArrayLike, caller: str
+) -> tuple[NDArray[np.int8], NDArray[np.float64], int, int]:
+    """Checked 1-D labels and scores of one label, with the positive and negative counts."""
+    y = _binary(y_true)
+    s = _scores(scores)
+    _same_shape(y, s)
+    if y.ndim != 1:
+        raise ValueError(f"{caller} takes one label: 1-D y_true and scores")
+    n_pos = int(y.sum())
+    return y, s, n_pos, y.shape[0] - n_pos
+
+
 # --------------------------------------------------------------------------- log loss
 
 
@@ -123,13 +136,7 @@ def roc_auc(y_true: ArrayLike, scores: ArrayLike) -> float | None:
     higher than a random negative, ties counting one half (average ranks). With no positive or
     no negative case there is nothing to rank, so the AUC is "not measurable" rather than 0.5.
     """
-    y = _binary(y_true)
-    s = _scores(scores)
-    _same_shape(y, s)
-    if y.ndim != 1:
-        raise ValueError("roc_auc takes one label: 1-D y_true and scores")
-    n_pos = int(y.sum())
-    n_neg = y.shape[0] - n_pos
+    y, s, n_pos, n_neg = _one_label(y_true, scores, "roc_auc")
     if n_pos == 0 or n_neg == 0:
         return None
     ranks = _average_ranks(s)
@@ -234,13 +241,7 @@ def choose_threshold(y_true: ArrayLike, scores: ArrayLike, rule: str = "youden")
     as the chosen cut-off and on new data it does not sit on an observed value. A threshold
     chosen on the data it is then evaluated on is optimistic; choose it on validation data.
     """
-    y = _binary(y_true)
-    s = _scores(scores)
-    _same_shape(y, s)
-    if y.ndim != 1:
-        raise ValueError("choose_threshold takes one label: 1-D y_true and scores")
-    n_pos = int(y.sum())
-    n_neg = y.shape[0] - n_pos
+    y, s, n_pos, n_neg = _one_label(y_true, scores, "choose_threshold")
     if n_pos == 0 or n_neg == 0:
         return None
     cuts = np.unique(s)[::-1]  # distinct scores, high to low; cut k calls s >= cuts[k]

@@ -41,24 +41,22 @@ def render(
             )
             st.session_state[key] = (render_pdf(data), secondary_capture_bytes(data))
     ready = st.session_state.get(key)
-    cols[1].download_button(
-        "PDF report",
-        ready[0] if ready else b"",
-        file_name="ich-review-report.pdf",
-        mime="application/pdf",
-        disabled=ready is None,
-        key=f"pdf-{uid}",
-        width="stretch",
-    )
-    cols[2].download_button(
-        "Key image (DICOM)",
-        ready[1] if ready else b"",
-        file_name="ich-review-key-image.dcm",
-        mime="application/dicom",
-        disabled=ready is None,
-        key=f"dcm-{uid}",
-        width="stretch",
-    )
+    downloads = [
+        ("PDF report", "ich-review-report.pdf", "application/pdf", "pdf"),
+        ("Key image (DICOM)", "ich-review-key-image.dcm", "application/dicom", "dcm"),
+    ]
+    for col, data, (label, name, mime, kind) in zip(
+        cols[1:3], ready or (b"", b""), downloads, strict=True
+    ):
+        col.download_button(
+            label,
+            data,
+            file_name=name,
+            mime=mime,
+            disabled=ready is None,
+            key=f"{kind}-{uid}",
+            width="stretch",
+        )
     cols[3].caption(
         "The PDF names the patient only when identities are shown. The DICOM object carries "
         "the study's patient data so that a PACS can file it."
