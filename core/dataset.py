@@ -30,6 +30,7 @@ import numpy as np
 import pydicom
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 
 from core.archive import Member
@@ -218,6 +219,7 @@ class LazyDicomSlices(SliceTable):
     """Rows indexed from headers; pixels are read from ``paths[i]`` only when asked for."""
 
     paths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str), repr=False)
+    hu_range: tuple[float, float] | None = None  # clip before resizing, as from_zips does
 
     def load_hu(self, i: int) -> np.ndarray:
         path = Path(str(self.paths[i]))
@@ -225,13 +227,18 @@ class LazyDicomSlices(SliceTable):
         if not isinstance(raw, RawSlice) or raw.hu is None:
             detail = getattr(raw, "detail", "not a CT image")
             raise ValueError(f"{path.name} cannot be read as a CT slice: {detail}")
-        return resize_hu(raw.hu[None], self.size)[0].astype(np.float32)
+        return resize_hu(raw.hu[None], self.size, self.hu_range)[0].astype(np.float32)
 
 
-def resize_hu(hu: np.ndarray, size: int) -> np.ndarray:
+def resize_hu(
+    hu: np.ndarray, size: int, hu_range: tuple[float, float] | None = None
+) -> np.ndarray:
     """HU (n, rows, cols) → int16 (n, size, size), bilinear with antialiasing, as
-    ``core.windowing.model_input`` resizes (so training sees inference's pixels)."""
+    ``core.windowing.model_input`` resizes (so training sees inference's pixels); with
+    ``hu_range`` clipped to it first, as ``model_input`` clips to its windows' span."""
     x = torch.from_numpy(np.asarray(hu, dtype=np.float32))[:, None]
+    if hu_range is not None:
+        x = x.clamp(*hu_range)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(
             x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
@@ -260,6 +267,7 @@ def from_zips(
     sources: Iterable[str | os.PathLike[str]],
     labels: dict[str, np.ndarray],
     size: int,
+    hu_range: tuple[float, float] | None = None,
 ) -> InMemorySlices:
     """Labelled slices of each study's default series (the one the app scores), in memory.
 
@@ -293,7 +301,9 @@ def from_zips(
                 rows["index"].append(info.index)
                 rows["z"].append(info.z)
                 rows["labels"].append(lab)
-            stacks.append(resize_hu(series.hu[[info.index for info, _ in keep]], size))
+            stacks.append(
+                resize_hu(series.hu[[info.index for info, _ in keep]], size, hu_range)
+            )
     if unlabelled:
         log.info("%d slice(s) without a label were left out", unlabelled)
     return InMemorySlices(
@@ -308,6 +318,93 @@ def from_zips(
         source=f"{len(paths)} study zip(s)",
         hu=np.concatenate(stacks),
     )
+
+
+# --------------------------------------------------------------------------- brain-window PNGs
+
+#: The PNG layout's one HU mapping: value 0..255 ↔ 0..80 HU (level 40, width 80).
+PNG_HU_RANGE: tuple[float, float] = (0.0, 80.0)
+
+
+def read_png_hu(path: str | os.PathLike[str]) -> np.ndarray:
+    """A brain-window PNG (8-bit grey, level 40 / width 80) → HU float32: value × 80 / 255.
+
+    Only 0–80 HU survive in such a file (below reads 0, above reads 80), which is why the
+    model's windows lie inside that range.
+    """
+    with Image.open(path) as im:
+        grey = np.asarray(im.convert("L"), dtype=np.float32)
+    lo, hi = PNG_HU_RANGE
+    return lo + grey * np.float32((hi - lo) / 255.0)
+
+
+def from_png_folder(
+    folder: str | os.PathLike[str],
+    labels: dict[str, np.ndarray],
+    size: int,
+) -> InMemorySlices:
+    """A folder of ``ID_<sop>.png`` brain-window slices with challenge labels, in memory.
+
+    Each PNG is its own study and patient (the layout carries no header): the split then puts
+    single slices on either side, which is right for slices from as many patients as slices.
+    Only labelled images are read; a folder with none is an error (the wrong label file).
+    """
+    folder = Path(folder)
+    names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".png") and e.is_file())
+    ids = [n[: -len(".png")] for n in names if _label_for(labels, n[: -len(".png")]) is not None]
+    if not ids:
+        raise ValueError(
+            f"{folder} holds {len(names)} .png file(s), none named ID_<sop>.png after a "
+            "labelled image of the label file"
+        )
+    # One at a time: the files are not all the same size (a few are not 512²).
+    stacks = [resize_hu(read_png_hu(folder / f"{i}.png")[None], size) for i in ids]
+    lab = [_label_for(labels, i) for i in ids]
+    return InMemorySlices(
+        size=size,
+        sop_ids=np.array(ids, dtype=str),
+        study_ids=np.array(ids, dtype=str),
+        series_ids=np.array(ids, dtype=str),
+        patient_keys=np.array([patient_key("", i) for i in ids], dtype=str),
+        slice_index=np.zeros(len(ids), dtype=np.int64),
+        z=np.zeros(len(ids), dtype=np.float64),
+        labels=np.stack([v for v in lab if v is not None]).astype(np.float32),
+        source=f"{len(ids)} brain-window PNG slices ({folder.name})",
+        hu=np.concatenate(stacks),
+    )
+
+
+def hash_fraction(key: str) -> float:
+    """A stable number in [0, 1) from ``key`` (sha256): a split by it never moves an image
+    when others are added or removed, and needs no seed.
+
+    >>> round(hash_fraction("ID_000"), 4) == round(hash_fraction("ID_000"), 4)
+    True
+    """
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:12], 16) / float(1 << 48)
+
+
+def split_by_hash(
+    ids: Sequence[str] | np.ndarray, fraction: float, forced_val: Iterable[str] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) row indices: an id is validation when ``hash_fraction(id) <
+    fraction`` or it is in ``forced_val`` (e.g. the slices with hand-drawn masks, kept out of
+    training so that outline figures measured on them stay honest)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"the validation share must be between 0 and 1, got {fraction}")
+    forced = set(forced_val)
+    is_val = np.array([hash_fraction(str(i)) < fraction or str(i) in forced for i in ids])
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def read_id_column(csv_path: str | os.PathLike[str], column: str = "image_id") -> list[str]:
+    """The ``column`` of a CSV (e.g. ``hemseg_masks.csv``'s image ids)."""
+    path = Path(csv_path)
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or column not in reader.fieldnames:
+            raise ValueError(f"{path.name} has no column {column!r}")
+        return [row[column].strip() for row in reader if row.get(column)]
 
 
 # --------------------------------------------------------------------------- challenge folder
@@ -409,6 +506,7 @@ def from_dicom_folder(
     *,
     index_cache: str | os.PathLike[str] | None = None,
     workers: int = 0,
+    hu_range: tuple[float, float] | None = None,
 ) -> LazyDicomSlices:
     """The challenge's layout: a flat folder of ``ID_<sop>.dcm``. Headers only are read here
     (or the index cached in ``index_cache`` by an earlier run); pixels are read per item."""
@@ -446,6 +544,7 @@ def from_dicom_folder(
         labels=np.stack([_label_for(labels, r[1]) for r, _ in ordered]).astype(np.float32),
         source="folder of ID_<sop>.dcm files (challenge layout)",
         paths=np.array([str(folder / r[0]) for r, _ in ordered], dtype=str),
+        hu_range=hu_range,
     )
 
 
@@ -675,6 +774,11 @@ __all__ = [
     "augment",
     "fold_of_groups",
     "from_dicom_folder",
+    "from_png_folder",
+    "hash_fraction",
+    "read_id_column",
+    "read_png_hu",
+    "split_by_hash",
     "from_zips",
     "index_dicom_folder",
     "model_batch",

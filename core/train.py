@@ -42,6 +42,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -51,16 +52,26 @@ from core.dataset import (
     SliceTable,
     augment,
     from_dicom_folder,
+    from_png_folder,
     from_zips,
     model_batch,
     read_challenge_labels,
+    read_id_column,
     split_by_group,
+    split_by_hash,
     zip_paths,
 )
-from core.engine import SlicePrediction, StudyPrediction, keep_large_buffers, usable_cpus
+from core.engine import (
+    SlicePrediction,
+    StudyPrediction,
+    cpu_has_bf16,
+    keep_large_buffers,
+    usable_cpus,
+)
 from core.errors import ICHError
 from core.labels import LABELS, LOSS_WEIGHTS
 from core.metrics import roc_auc, weighted_log_loss
+from core.windowing import window_span
 from core.model import (
     BUILDERS,
     DEFAULT_WEIGHTS_DIR,
@@ -90,7 +101,9 @@ RESUME_FIXED = (
     "folds",
     "fold",
     "val_fraction",
+    "val_hash",
     "no_val",
+    "ema",
     "no_augment",
     "world_size",
 )
@@ -223,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--zips", nargs="+", metavar="ZIP_OR_DIR", help="study zips, or folders")
     src.add_argument("--dicom-dir", type=Path, help="challenge layout: folder of ID_<sop>.dcm")
+    src.add_argument(
+        "--png-dir",
+        type=Path,
+        help="folder of ID_<sop>.png brain-window slices (HU = value × 80 / 255)",
+    )
     p.add_argument("--labels", type=Path, required=True, help="stage_2_train.csv (or wide CSV)")
     p.add_argument(
         "--dicom-index",
@@ -241,6 +259,25 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--folds", type=int, help=f"k-fold by patient (default {DEFAULT_FOLDS})")
     split.add_argument("--val-fraction", type=float, help="fixed split: share of patients")
     split.add_argument("--no-val", action="store_true", help="train on everything")
+    split.add_argument(
+        "--val-hash",
+        type=float,
+        metavar="SHARE",
+        help="fixed split by image id: validation when sha256(id) falls in the first SHARE",
+    )
+    p.add_argument(
+        "--val-ids",
+        type=Path,
+        metavar="CSV",
+        help="with --val-hash: image ids (column image_id) always put in validation",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="validate and save an exponential moving average of the weights (e.g. 0.998)",
+    )
     p.add_argument("--fold", type=int, default=0, help="validation fold with --folds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="run folder")
@@ -250,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: a GPU if present")
     p.add_argument(
-        "--amp", choices=["auto", "fp16", "bf16", "off"], default="auto", help="CUDA only"
+        "--amp",
+        choices=["auto", "fp16", "bf16", "off"],
+        default="auto",
+        help="auto: bf16 on GPUs that have it (else fp16), and on CPUs with bf16 units "
+        "(AMX or AVX-512-BF16; fp32 on others, where bf16 is far slower)",
     )
     p.add_argument("--workers", type=int, help="data loader processes (default: auto)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
@@ -267,13 +308,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.folds is None and args.val_fraction is None and not args.no_val:
+    if args.folds is None and args.val_fraction is None and args.val_hash is None and not (
+        args.no_val
+    ):
         args.folds = DEFAULT_FOLDS
     if args.folds is not None and not 0 <= args.fold < args.folds:
         parser.error(f"--fold must be in 0..{args.folds - 1}")
     for name in ("epochs", "batch_size", "size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.val_ids is not None and args.val_hash is None:
+        parser.error("--val-ids goes with --val-hash")
+    if not 0 <= args.ema < 1:
+        parser.error("--ema must be in [0, 1)")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error("--max-steps must be positive")
     if args.save_weights and (args.weights_dir / f"{args.save_weights}.json").exists():
@@ -443,7 +490,13 @@ class Trainer:
             self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
             torch.backends.cudnn.benchmark = True
         else:
-            self.amp_dtype = None  # fp32 on the CPU (bf16 there is far slower without units)
+            # bf16 only where the CPU has bf16 units: elsewhere it is ~100× slower than fp32.
+            amp = args.amp
+            if amp == "auto":
+                amp = "bf16" if cpu_has_bf16() else "off"
+            if amp == "fp16":
+                raise ValueError("--amp fp16 is for GPUs; on a CPU use bf16 or off")
+            self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
             if not self.dist.active:
                 torch.set_num_threads(usable_cpus())
             keep_large_buffers()
@@ -467,6 +520,15 @@ class Trainer:
             self.init_report = load_init_weights(model, args.init)
             self._info(f"--init {args.init.name}: {self.init_report}")
         self.model = model.to(self.device, memory_format=torch.channels_last)
+        # The moving average (weights and BatchNorm statistics) is what is validated and
+        # saved: on a few thousand slices the raw weights swing from epoch to epoch.
+        self.ema: AveragedModel | None = (
+            AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True
+            )
+            if args.ema > 0
+            else None
+        )
         self.ddp: nn.Module = (
             DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.cuda else None
@@ -528,7 +590,10 @@ class Trainer:
         args = self.args
         if args.zips:
             self.inputs = [p.name for p in zip_paths(args.zips)]
-            return from_zips(args.zips, labels, args.size)
+            return from_zips(args.zips, labels, args.size, window_span(self.spec.windows))
+        if args.png_dir is not None:
+            self.inputs = [args.png_dir.name]
+            return from_png_folder(args.png_dir, labels, args.size)
         self.inputs = [args.dicom_dir.name]
         cache = args.dicom_index or self.out / "dicom_index.csv"
         if self.dist.main and not Path(cache).is_file():
@@ -537,7 +602,13 @@ class Trainer:
                 args.dicom_dir, labels, args.size, index_cache=cache, workers=usable_cpus()
             )
         self._barrier()
-        return from_dicom_folder(args.dicom_dir, labels, args.size, index_cache=cache)
+        return from_dicom_folder(
+            args.dicom_dir,
+            labels,
+            args.size,
+            index_cache=cache,
+            hu_range=window_span(self.spec.windows),
+        )
 
     def _split(self) -> None:
         args, table = self.args, self.table
@@ -554,6 +625,19 @@ class Trainer:
                 "folds": args.folds,
                 "fold": args.fold,
                 "description": f"fold {args.fold} of {args.folds} by patient",
+            }
+        elif args.val_hash is not None:
+            forced = read_id_column(args.val_ids) if args.val_ids is not None else []
+            self.train_idx, self.val_idx = split_by_hash(table.sop_ids, args.val_hash, forced)
+            info = {
+                "kind": "id-hash",
+                "val_hash": args.val_hash,
+                "forced_val": args.val_ids.name if args.val_ids is not None else None,
+                "forced_val_ids": len(set(forced)),
+                "description": (
+                    f"fixed split by image id: sha256(id) in the first {args.val_hash:.0%}"
+                    + (f", plus the ids of {args.val_ids.name}" if args.val_ids else "")
+                ),
             }
         else:
             self.train_idx, self.val_idx = split_by_group(
@@ -583,6 +667,11 @@ class Trainer:
             info["val_study_uids"] = val_studies
         self.split_info = info
 
+    @property
+    def final_model(self) -> nn.Module:
+        """What is validated and saved: the moving average with --ema, else the weights."""
+        return self.ema.module if self.ema is not None else self.model
+
     # ------------------------------------------------------------------- checkpoint
 
     def _args_record(self) -> dict[str, Any]:
@@ -595,6 +684,11 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "model": {k: v.detach().to("cpu") for k, v in self.model.state_dict().items()},
+            "ema": (
+                {k: v.detach().to("cpu") for k, v in self.ema.state_dict().items()}
+                if self.ema is not None
+                else {}
+            ),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -627,6 +721,8 @@ class Trainer:
                 + ", ".join(f"{k} (was {saved.get(k)!r}, now {now.get(k)!r})" for k in changed)
             )
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -645,7 +741,7 @@ class Trainer:
     def _autocast(self) -> Any:
         if self.amp_dtype is None:
             return nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def train_step(self, hu: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """One optimizer step on a HU batch (B, 1, S, S); returns the loss (detached)."""
@@ -667,6 +763,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.global_step += 1
         return loss.detach()
 
@@ -789,7 +887,7 @@ class Trainer:
         ranks get everything."""
         indices = np.asarray(indices, dtype=np.int64)
         mine = indices[self.dist.rank :: self.dist.world]
-        model = self.model.eval()
+        model = self.final_model.eval()
         probs: list[torch.Tensor] = []
         feats: list[torch.Tensor] = []
         hook = (
@@ -810,7 +908,7 @@ class Trainer:
         finally:
             if hook is not None:
                 hook.remove()
-        dim = self.model.fc.in_features
+        dim = model.fc.in_features
         p = torch.cat(probs) if probs else torch.zeros(0, len(LABELS))
         f = torch.cat(feats) if feats else torch.zeros(0, dim, dtype=torch.float16)
         p_all = self._gather_rows(p, len(indices)).numpy()
@@ -837,7 +935,7 @@ class Trainer:
             if len(self.val_idx)
             else None
         )
-        identity = weights_identity(self.out.name or "run", state_digest(self.model))
+        identity = weights_identity(self.out.name or "run", state_digest(self.final_model))
         if self.dist.main and len(self.val_idx):
             self._write_val_predictions(val_probs, metrics, identity)
         if not args.no_embeddings:
@@ -847,13 +945,17 @@ class Trainer:
                 self._write_embeddings(train_feats, val_feats)
         if self.dist.main and args.save_weights:
             card = save_checkpoint(
-                self.model, self.spec, args.weights_dir, args.save_weights, self._card(metrics)
+                self.final_model,
+                self.spec,
+                args.weights_dir,
+                args.save_weights,
+                self._card(metrics),
             )
             self._info(f"weights and model card written: {card}")
         if args.digest_dir is not None:
             args.digest_dir.mkdir(parents=True, exist_ok=True)
             (args.digest_dir / f"rank{self.dist.rank}.sha256").write_text(
-                f"{state_digest(self.model)} {self.global_step}\n"
+                f"{state_digest(self.final_model)} {self.global_step}\n"
             )
         self._barrier()
 
@@ -975,6 +1077,7 @@ class Trainer:
                 "weight_decay": args.weight_decay,
                 "schedule": f"linear warmup ({args.warmup:.0%}) then cosine, per step",
                 "loss": "BCE weighted as the challenge (any 2, others 1)",
+                "ema_decay": args.ema or None,
                 "augmentation": None if args.no_augment else asdict(self.augment_config),
                 "init": args.init.name if args.init else "random (no pretrained weights)",
                 "seed": args.seed,

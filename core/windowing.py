@@ -40,12 +40,25 @@ SUBDURAL = Window("subdural", 80, 200)
 STROKE = Window("stroke", 40, 40)
 BONE = Window("bone", 600, 2800)
 SOFT_TISSUE = Window("soft tissue", 40, 380)
+#: Acute blood (about 50–80 HU) against grey and white matter (25–45 HU).
+BLOOD = Window("blood", 60, 40)
 
 #: Named presets in the order the viewer lists them.
 PRESETS: dict[str, Window] = {w.name: w for w in (BRAIN, SUBDURAL, STROKE, BONE, SOFT_TISSUE)}
 
-#: Default channels of the model input (a checkpoint stores its own and overrides this).
-MODEL_WINDOWS: tuple[Window, ...] = (BRAIN, SUBDURAL, BONE)
+#: Default channels of the model input (a checkpoint stores its own and overrides this). All
+#: three lie inside 0–80 HU, because the large training set (rsna_png) holds only that range:
+#: a window reaching past it would show the model values it never saw in training.
+MODEL_WINDOWS: tuple[Window, ...] = (BRAIN, STROKE, BLOOD)
+
+
+def window_span(windows: tuple[Window, ...]) -> tuple[float, float]:
+    """(lowest low, highest high) of ``windows``: the HU range the model input can tell apart.
+
+    >>> window_span(MODEL_WINDOWS)
+    (0.0, 80.0)
+    """
+    return float(min(w.low for w in windows)), float(max(w.high for w in windows))
 
 
 def window_by_name(name: str) -> Window:
@@ -75,8 +88,12 @@ def model_input(
 ) -> torch.Tensor:
     """Slices of HU (n, rows, cols) → float32 tensor (n, len(windows), size, size) in [0, 1].
 
-    The HU stack is resized once (bilinear, antialiased) and then windowed per channel, all
-    vectorised over the slices: one interpolation instead of one per window.
+    The HU stack is first clipped to the span the windows cover (nothing outside it reaches
+    the model anyway), then resized once (bilinear, antialiased) and windowed per channel, all
+    vectorised over the slices: one interpolation instead of one per window. Clipping before the
+    resize means bone at +1000 HU does not bleed into the brain pixels beside it when 512 px
+    shrink to 160, so a DICOM slice gives the model the same pixels as the same slice stored
+    in a 0–80 HU brain-window PNG (the training data).
 
     >>> model_input(np.full((2, 64, 64), 40, np.int16), 32).shape
     torch.Size([2, 3, 32, 32])
@@ -91,7 +108,7 @@ def model_input(
         x = x[None]
     if x.ndim != 3:
         raise ValueError(f"expected (slices, rows, cols), got shape {tuple(x.shape)}")
-    x = x.to(torch.float32)[:, None]
+    x = x.to(torch.float32)[:, None].clamp(*window_span(windows))
     if x.shape[-2:] != (size, size):
         x = F.interpolate(
             x, size=(size, size), mode="bilinear", align_corners=False, antialias=True

@@ -9,16 +9,7 @@ from pathlib import Path
 
 import pytest
 from data_paths import LABELLED, UNLABELLED_ZIP
-
-
-def _require(path: Path) -> Path:
-    if not path.exists():
-        pytest.fail(
-            f"Real test data not found at {path}. The tests need the RSNA studies in "
-            "../shared/data beside the checkout (or set ICH_SHARED_DATA).",
-            pytrace=False,
-        )
-    return path
+from data_paths import require as _require
 
 
 @pytest.fixture(scope="session")

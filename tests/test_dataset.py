@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_paths import LABELLED
+from data_paths import DATA, LABELLED, require
+from PIL import Image
 
 from core import dataset
 from core.dataset import (
@@ -19,15 +20,19 @@ from core.dataset import (
     augment,
     fold_of_groups,
     from_dicom_folder,
+    from_png_folder,
     from_zips,
     model_batch,
     patient_key,
     read_challenge_labels,
+    read_id_column,
+    read_png_hu,
     split_by_group,
+    split_by_hash,
 )
 from core.labels import LABELS
 from core.study import load_studies
-from core.windowing import BONE, BRAIN, MODEL_WINDOWS, model_input
+from core.windowing import BONE, BRAIN, MODEL_WINDOWS, model_input, window_span
 
 CHALLENGE_CSV = LABELLED / "rsna_dev_stage_2_train.csv"
 WIDE_CSV = LABELLED / "rsna_dev_labels.csv"
@@ -41,7 +46,7 @@ def labels() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def table(study_zips: list[Path], labels: dict[str, np.ndarray]) -> InMemorySlices:
-    return from_zips(study_zips, labels, SIZE)
+    return from_zips(study_zips, labels, SIZE, window_span(MODEL_WINDOWS))  # as core.train does
 
 
 # --------------------------------------------------------------------------- labels
@@ -109,7 +114,7 @@ def test_table_from_zips_follows_the_app_loader(table, label_rows, small_zip) ->
     rows = rows[np.argsort(table.slice_index[rows])]
     ours = model_batch(torch.from_numpy(table.load_batch(rows)), MODEL_WINDOWS)
     app = model_input(study.default_series.hu, SIZE)
-    assert float((ours - app).abs().max()) < 0.6 / BRAIN.width + 1e-6
+    assert float((ours - app).abs().max()) < 0.6 / min(w.width for w in MODEL_WINDOWS) + 1e-6
 
 
 def _extract_as_challenge_layout(zips: list[Path], folder: Path) -> None:
@@ -133,7 +138,9 @@ def test_challenge_folder_gives_the_same_rows_and_pixels(
     folder = tmp_path / "stage_2_train"
     _extract_as_challenge_layout(zips, folder)
     cache = tmp_path / "index.csv"
-    lazy = from_dicom_folder(folder, labels, SIZE, index_cache=cache)
+    lazy = from_dicom_folder(
+        folder, labels, SIZE, index_cache=cache, hu_range=window_span(MODEL_WINDOWS)
+    )
     assert not hasattr(lazy, "hu") and cache.is_file()
     assert "patient" in cache.read_text().splitlines()[0]
     keys = {(s, i) for s, i in zip(lazy.study_ids, lazy.slice_index, strict=True)}
@@ -248,3 +255,68 @@ def test_augment_is_seeded_bounded_and_fills_with_air(table) -> None:
     assert float(out[:, 2].max()) <= (40 - BONE.low) / BONE.width + 1e-5
     with pytest.raises(ValueError, match="batch, 1, size, size"):
         augment(flat[:, 0], torch.Generator())
+
+
+# --------------------------------------------------------------------------- brain-window PNGs
+
+PNG_DIR = DATA / "rsna_png" / "images"
+PNG_LABELS = DATA / "rsna_png" / "rsna_png_stage_2_train.csv"
+HEMSEG_CSV = DATA / "hemseg" / "hemseg_masks.csv"
+
+
+@pytest.fixture(scope="module")
+def png_folder(tmp_path_factory) -> Path:
+    """A few real rsna_png slices (positives and negatives, and the one that is not 512²)."""
+    require(PNG_DIR)
+    labels = read_challenge_labels(PNG_LABELS)
+    pos = sorted(k for k, v in labels.items() if v[0] == 1)[:6]
+    neg = sorted(k for k, v in labels.items() if v[0] == 0)[:10]
+    odd = [p.stem for p in sorted(PNG_DIR.glob("*.png")) if Image.open(p).size != (512, 512)]
+    folder = tmp_path_factory.mktemp("png")
+    for image_id in pos + neg + odd[:1]:
+        (folder / f"{image_id}.png").write_bytes((PNG_DIR / f"{image_id}.png").read_bytes())
+    (folder / "unlabelled.png").write_bytes((PNG_DIR / f"{neg[0]}.png").read_bytes())
+    return folder
+
+
+def test_png_value_maps_to_0_80_hu(tmp_path: Path) -> None:
+    path = tmp_path / "ramp.png"
+    Image.fromarray(np.array([[0, 51, 255]], dtype=np.uint8)).save(path)
+    np.testing.assert_allclose(read_png_hu(path), [[0.0, 16.0, 80.0]], atol=1e-4)
+
+
+def test_png_folder_table_reads_labelled_slices_at_the_model_size(png_folder: Path) -> None:
+    labels = read_challenge_labels(PNG_LABELS)
+    table = from_png_folder(png_folder, labels, 64)
+    assert len(table) == len(list(png_folder.glob("ID_*.png")))  # the unlabelled one is left out
+    assert table.hu.shape == (len(table), 64, 64)
+    assert 0 <= table.hu.min() and table.hu.max() <= 80
+    for i, image_id in enumerate(table.sop_ids):
+        np.testing.assert_array_equal(table.labels[i], labels[image_id])
+    assert len(set(table.patient_keys.tolist())) == len(table)  # each slice its own patient
+    assert int(table.labels[:, 0].sum()) == 6
+    with pytest.raises(ValueError, match="none named ID_<sop>.png"):
+        from_png_folder(png_folder, {"ID_nothing": labels[table.sop_ids[0]]}, 64)
+
+
+def test_hash_split_is_fixed_by_id_and_keeps_forced_ids_in_validation() -> None:
+    ids = np.array([f"ID_{i:05d}" for i in range(4000)])
+    train, val = split_by_hash(ids, 0.15)
+    assert not set(train) & set(val) and len(train) + len(val) == len(ids)
+    assert 0.12 < len(val) / len(ids) < 0.18
+    # An image keeps its side when others come and go (no seed, no dependence on the set).
+    train2, val2 = split_by_hash(ids[::3], 0.15)
+    assert set(ids[::3][val2]) == set(ids[val]) & set(ids[::3])
+    forced = [str(ids[train[0]]), str(ids[train[1]])]
+    _, val3 = split_by_hash(ids, 0.15, forced)
+    assert set(forced) <= set(ids[val3]) and set(ids[val]) <= set(ids[val3])
+    assert split_by_hash(ids, 0.15)[1].tolist() == val.tolist()
+
+
+def test_hemseg_slices_are_all_in_the_validation_split() -> None:
+    require(HEMSEG_CSV)
+    hemseg = read_id_column(HEMSEG_CSV)
+    assert len(hemseg) == 115
+    ids = np.array(sorted(p.stem for p in PNG_DIR.glob("*.png")))
+    train, _ = split_by_hash(ids, 0.15, hemseg)
+    assert not set(ids[train].tolist()) & set(hemseg)

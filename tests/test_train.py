@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_paths import LABELLED, ROOT
+from data_paths import DATA, LABELLED, ROOT, require
 from safetensors.torch import save_file
 from torch import nn
 
@@ -274,3 +274,38 @@ def test_two_processes_under_torchrun_end_with_the_same_model(tmp_path: Path, tw
     embeddings = np.load(out / "embeddings.npz")
     assert len(set(embeddings["sop_ids"].tolist())) == len(embeddings["sop_ids"])
     assert np.isfinite(embeddings["features"].astype(np.float32)).all()
+
+
+def test_png_folder_with_id_hash_split_and_ema_trains(tmp_path: Path) -> None:
+    """The third source: brain-window PNGs, split by image id with forced validation ids; the
+    moving average is what is saved, and the forced ids never reach training."""
+    png_dir = require(DATA / "rsna_png" / "images")
+    png_labels = DATA / "rsna_png" / "rsna_png_stage_2_train.csv"
+    folder = tmp_path / "png"
+    folder.mkdir()
+    names = sorted(p.name for p in png_dir.glob("*.png"))[:40]
+    for name in names:
+        (folder / name).write_bytes((png_dir / name).read_bytes())
+    forced = tmp_path / "masks.csv"
+    forced.write_text("image_id,pixels\n" + "".join(f"{n[:-4]},0\n" for n in names[:3]))
+    out = tmp_path / "run"
+    argv = ["--png-dir", str(folder), "--labels", str(png_labels), "--arch", "tiny"]
+    argv += ["--size", "64", "--batch-size", "8", "--val-hash", "0.2", "--val-ids", str(forced)]
+    argv += ["--ema", "0.9", "--epochs", "1", "--out", str(out), "--no-progress"]
+    argv += ["--save-weights", "png", "--weights-dir", str(tmp_path / "weights")]
+    assert main(argv) == 0
+    document = json.loads((out / "val_predictions.json").read_text())
+    val_ids = {s["StudyInstanceUID"] for s in document["studies"]}
+    assert {n[:-4] for n in names[:3]} <= val_ids and len(val_ids) < len(names)
+    embeddings = np.load(out / "embeddings.npz")
+    train_ids = set(embeddings["sop_ids"][embeddings["split"] == "train"].tolist())
+    assert not train_ids & val_ids and len(train_ids) + len(val_ids) == len(names)
+    state = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    assert state["ema"] and state["args"]["ema"] == 0.9
+    card = json.loads((tmp_path / "weights" / "png.json").read_text())
+    assert card["split"]["kind"] == "id-hash" and card["training"]["ema_decay"] == 0.9
+    saved = load_checkpoint(tmp_path / "weights" / "png.json").model.state_dict()
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+    raw = state["model"]
+    key = "fc.weight"
+    assert torch.equal(saved[key], ema[key]) and not torch.equal(saved[key], raw[key])

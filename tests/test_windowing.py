@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
+from data_paths import UNLABELLED_ZIP
+from PIL import Image
 
+from core.dataset import read_png_hu
 from core.study import load_studies
 from core.windowing import (
+    BLOOD,
     BONE,
     BRAIN,
     MODEL_WINDOWS,
     PRESETS,
+    STROKE,
     SUBDURAL,
     Window,
     apply_window,
     model_input,
     window_by_name,
+    window_span,
 )
 
 
@@ -50,12 +58,17 @@ def test_model_input_stacks_three_windows_and_resizes(small_zip) -> None:
     x = model_input(series.hu, 256)
     assert x.shape == (series.n_slices, 3, 256, 256) and x.dtype == torch.float32
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-    # Each channel is its own window: blood-range HU is bright in brain, mid-grey in bone.
-    blood = model_input(np.full((1, 32, 32), 70, np.int16), 16)
-    assert blood[0, 0].mean() == pytest.approx((70 - BRAIN.low) / BRAIN.width, abs=1e-5)
-    assert blood[0, 1].mean() == pytest.approx((70 - SUBDURAL.low) / SUBDURAL.width, abs=1e-5)
-    assert blood[0, 2].mean() == pytest.approx((70 - BONE.low) / BONE.width, abs=1e-5)
-    assert MODEL_WINDOWS == (BRAIN, SUBDURAL, BONE)
+    # Each channel is its own window: 55 HU blood is bright in brain, brighter in stroke and
+    # mid-grey in the blood window, which still separates it from 75 HU.
+    blood = model_input(np.full((1, 32, 32), 55, np.int16), 16)
+    assert blood[0, 0].mean() == pytest.approx((55 - BRAIN.low) / BRAIN.width, abs=1e-5)
+    assert blood[0, 1].mean() == pytest.approx((55 - STROKE.low) / STROKE.width, abs=1e-5)
+    assert blood[0, 2].mean() == pytest.approx((55 - BLOOD.low) / BLOOD.width, abs=1e-5)
+    three = (SUBDURAL, STROKE, BONE)  # a checkpoint's own windows are taken as they are
+    other = model_input(np.full((1, 32, 32), 70, np.int16), 16, three)
+    assert other[0, 2].mean() == pytest.approx((70 - BONE.low) / BONE.width, abs=1e-5)
+    assert MODEL_WINDOWS == (BRAIN, STROKE, BLOOD)
+    assert window_span(MODEL_WINDOWS) == (0.0, 80.0)  # inside what rsna_png holds
     # The read-only cached stack is not modified and no warning-prone aliasing happens.
     before = series.pixel_hash
     model_input(series.hu[:2], 128)
@@ -68,3 +81,24 @@ def test_model_input_equals_windowing_a_resized_slice() -> None:
     same_size = model_input(hu, 64, (BRAIN,))
     expected = np.clip((hu.astype(np.float32) - BRAIN.low) / BRAIN.width, 0, 1)
     np.testing.assert_allclose(same_size[:, 0].numpy(), expected, atol=1e-6)
+
+
+def test_a_dicom_slice_and_its_brain_window_png_give_the_model_the_same_input() -> None:
+    """Training reads 0–80 HU PNGs; the app reads full-HU DICOM. With the clip before the
+    resize, the skull (+1000 HU) no longer bleeds into the brain pixels beside it."""
+    study = load_studies(UNLABELLED_ZIP)[0]
+    hu = study.default_series.hu[len(study.default_series.hu) // 2].astype(np.float32)
+    png = apply_window(hu, 40, 80)
+    buf = io.BytesIO()
+    Image.fromarray(png).save(buf, format="PNG")
+    buf.seek(0)
+    from_png = read_png_hu(buf)
+    a = model_input(hu[None], 160).numpy()
+    b = model_input(from_png[None], 160).numpy()
+    # 8-bit PNG quantisation: 80/255 HU, i.e. under 0.01 of the narrowest (40 HU) window.
+    assert np.abs(a - b).max() < 0.02
+    unclipped = torch.nn.functional.interpolate(
+        torch.from_numpy(hu)[None, None], size=(160, 160), mode="bilinear", antialias=True
+    )[0]
+    old = ((unclipped - BRAIN.low) / BRAIN.width).clamp(0, 1).numpy()
+    assert np.abs(old - b[:, :1]).max() > 0.1  # what the clip fixes
