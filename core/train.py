@@ -71,7 +71,6 @@ from core.engine import (
 from core.errors import ICHError
 from core.labels import LABELS, LOSS_WEIGHTS
 from core.metrics import roc_auc, weighted_log_loss
-from core.windowing import window_span
 from core.model import (
     BUILDERS,
     DEFAULT_WEIGHTS_DIR,
@@ -81,6 +80,7 @@ from core.model import (
     save_checkpoint,
     weights_identity,
 )
+from core.windowing import window_span
 
 log = logging.getLogger("core.train")
 

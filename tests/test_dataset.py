@@ -32,7 +32,7 @@ from core.dataset import (
 )
 from core.labels import LABELS
 from core.study import load_studies
-from core.windowing import BONE, BRAIN, MODEL_WINDOWS, model_input, window_span
+from core.windowing import BONE, MODEL_WINDOWS, model_input, window_span
 
 CHALLENGE_CSV = LABELLED / "rsna_dev_stage_2_train.csv"
 WIDE_CSV = LABELLED / "rsna_dev_labels.csv"
@@ -290,7 +290,7 @@ def test_png_folder_table_reads_labelled_slices_at_the_model_size(png_folder: Pa
     table = from_png_folder(png_folder, labels, 64)
     assert len(table) == len(list(png_folder.glob("ID_*.png")))  # the unlabelled one is left out
     assert table.hu.shape == (len(table), 64, 64)
-    assert 0 <= table.hu.min() and table.hu.max() <= 80
+    assert table.hu.min() >= 0 and table.hu.max() <= 80
     for i, image_id in enumerate(table.sop_ids):
         np.testing.assert_array_equal(table.labels[i], labels[image_id])
     assert len(set(table.patient_keys.tolist())) == len(table)  # each slice its own patient
