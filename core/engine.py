@@ -417,7 +417,11 @@ class Predictor:
         self.context: SliceContext | None = loaded.context if use_context else None
         self.cache = RESULT_CACHE if cache is None else cache
         self.lock = _lock_for(self.model)
-        self.explainer = GradCamExplainer(self.model, self.spec, lock=self.lock)
+        #: Per-label temperature applied to the logits (the card's calibration).
+        self.temperature = loaded.temperature
+        self.explainer = GradCamExplainer(
+            self.model, self.spec, lock=self.lock, temperature=self.temperature
+        )
         #: Timing of the latest predict call of this Predictor (any thread).
         self.last_timing: InferenceTiming | None = None
 
@@ -452,6 +456,7 @@ class Predictor:
             self.weights_identity,
             self.spec.input_size,
             self.spec.windows,
+            self.temperature,
             "fp16" if self.half else "fp32",
         )
 
@@ -562,12 +567,14 @@ class Predictor:
         return dataclasses.replace(estimate, threshold=float(cut))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities (float32, CPU) of a model-ready batch (n, 3, size, size), locked."""
+        """Calibrated probabilities (float32, CPU) of a model-ready batch (n, 3, size, size):
+        sigmoid(logit / T) with the card's temperatures; under the model's lock."""
         x = x.to(self.device, non_blocking=True)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
         with self.lock, torch.inference_mode(), autocast:
-            logits = self.model(x)
-            return torch.sigmoid(logits.float()).cpu()
+            logits = self.model(x).float()
+            t = torch.tensor(self.temperature, dtype=torch.float32, device=logits.device)
+            return torch.sigmoid(logits / t).cpu()
 
     # ----------------------------------------------------------------------- internals
 

@@ -52,7 +52,12 @@ class GradCamExplainer:
     """
 
     def __init__(
-        self, model: nn.Module, spec: ModelSpec, *, lock: threading.Lock | None = None
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        *,
+        lock: threading.Lock | None = None,
+        temperature: tuple[float, ...] | None = None,
     ) -> None:
         try:
             self.target_layer: nn.Module = model.layer4[-1]  # type: ignore[index]
@@ -63,12 +68,15 @@ class GradCamExplainer:
         self.model = model
         self.spec = spec
         self.lock = lock if lock is not None else threading.Lock()
+        #: The card's per-label temperatures, so a heatmap's probability is the one the
+        #: engine shows for that slice (the map itself does not depend on it).
+        self.temperature = temperature or (1.0,) * len(spec.labels)
 
     @classmethod
     def from_loaded(
         cls, loaded: LoadedModel, *, lock: threading.Lock | None = None
     ) -> GradCamExplainer:
-        return cls(loaded.model, loaded.spec, lock=lock)
+        return cls(loaded.model, loaded.spec, lock=lock, temperature=loaded.temperature)
 
     def explain(self, hu_slice: np.ndarray, label: str) -> Heatmap:
         """Grad-CAM of ``label``'s logit for one slice of HU (rows, cols)."""
@@ -93,7 +101,8 @@ class GradCamExplainer:
         if not (np.isfinite(out).all() and np.isfinite(logit)):
             raise ModelError("The model produced invalid numbers on this slice; no heatmap.")
         out.flags.writeable = False
-        probability = float(torch.sigmoid(torch.tensor(logit, dtype=torch.float64)))
+        scaled = logit / self.temperature[index]
+        probability = float(torch.sigmoid(torch.tensor(scaled, dtype=torch.float64)))
         return Heatmap(label=label, label_index=index, probability=probability, cam=out)
 
     def _grad_cam(self, x: torch.Tensor, index: int) -> tuple[np.ndarray, float]:

@@ -281,3 +281,33 @@ def test_find_default_checkpoint(tiny: torch.nn.Module, tmp_path: Path) -> None:
     save_checkpoint(tiny, SPEC, tmp_path, "older", created=datetime(2024, 1, 1, tzinfo=UTC))
     assert find_default_checkpoint(tmp_path) == tmp_path / "newer.json"
     assert load_checkpoint(tmp_path).name == "newer"
+
+
+def test_weights_stored_at_half_size_load_as_float32_and_predict_alike(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec("tiny", 64)
+    model = build_model(spec)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(4, 3, 64, 64))
+    model.eval()
+    full = save_checkpoint(model, spec, tmp_path / "full", "m")
+    half = save_checkpoint(model, spec, tmp_path / "half", "m", storage_dtype=torch.float16)
+    size = {
+        k: sum(f["bytes"] for f in json.loads(p.read_text())["weights_files"])
+        for k, p in (("full", full), ("half", half))
+    }
+    assert size["half"] < 0.55 * size["full"]
+    card = json.loads(half.read_text())
+    assert card["weights_dtype"] == "float16" and "weights_dtype" not in json.loads(full.read_text())
+    stored = load_file(str(half.parent / card["weights_files"][0]["file"]))
+    assert stored["fc.weight"].dtype == torch.float16
+    assert stored["bn1.num_batches_tracked"].dtype == torch.int64  # integers stay as they are
+    loaded = load_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    x = torch.rand(3, 3, 64, 64)
+    with torch.inference_mode():
+        np_a, np_b = model(x), loaded.model(x)
+    torch.testing.assert_close(np_a, np_b, atol=2e-2, rtol=2e-2)
+    with pytest.raises(ValueError, match="float16 or float32"):
+        save_checkpoint(model, spec, tmp_path / "bf", "m", storage_dtype=torch.bfloat16)

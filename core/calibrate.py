@@ -1,0 +1,494 @@
+"""``python -m core.calibrate``: measure a trained model on data it never saw, fit its
+temperature, choose its operating threshold, and write all of it into its model card.
+
+Why a command of its own, run on the installed files: the numbers a radiologist reads in the
+sidebar must be those of the weights the app loads (stored at half size, read back as float32),
+through the app's own input path (``core.windowing.model_input`` on HU, the engine's forward
+pass), not the trainer's figures on its in-memory copy. Two kinds of held-out data:
+
+* the validation slices of the PNG set (the trainer's fixed split by image id): the temperature
+  and the slice threshold are chosen on them (so their calibration figures are in-sample for
+  the temperature; their ranking figures are not, the network never trained on them);
+* whole DICOM studies the model never saw (``--studies``, with their labels): slice and study
+  AUC, and the threshold's sensitivity and specificity per study, with nothing fitted on them.
+
+The study is flagged when its highest slice reaches the slice threshold: one threshold, one
+meaning ("a slice looks like bleeding"), not tuned on the handful of whole studies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+
+from core.dataset import read_challenge_labels, read_id_column, read_png_hu, split_by_hash
+from core.engine import Predictor, resolve_device
+from core.errors import ICHError
+from core.evaluate import evaluate
+from core.labels import LABELS
+from core.metrics import choose_threshold, constant_prior, expected_calibration_error, roc_auc
+from core.model import LoadedModel, _check_metrics, load_checkpoint, render_card_markdown
+from core.study import load_studies
+from core.windowing import model_input
+
+log = logging.getLogger("core.calibrate")
+
+#: Labels with fewer validation positives than this share one temperature (fitted on all).
+MIN_POSITIVES_FOR_OWN_TEMPERATURE = 10
+T_BOUNDS = (0.05, 20.0)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def raw_logits(predictor: Predictor, x: torch.Tensor) -> np.ndarray:
+    """The network's logits (n, 6) for a model-ready batch: before any temperature."""
+    x = x.to(predictor.device).contiguous(memory_format=torch.channels_last)
+    with predictor.lock, torch.inference_mode():
+        return predictor.model(x).float().cpu().numpy()
+
+
+def png_logits(
+    predictor: Predictor, folder: Path, ids: Sequence[str], batch: int = 32
+) -> np.ndarray:
+    """Logits of brain-window PNGs through the app's input path (HU at full size, then
+    ``model_input``: clip, resize, window), ``batch`` at a time."""
+    spec = predictor.spec
+    out: list[np.ndarray] = []
+    for lo in range(0, len(ids), batch):
+        x = torch.cat(
+            [
+                model_input(read_png_hu(folder / f"{i}.png")[None], spec.input_size, spec.windows)
+                for i in ids[lo : lo + batch]
+            ]
+        )
+        out.append(raw_logits(predictor, x))
+    return np.concatenate(out) if out else np.zeros((0, len(LABELS)), np.float32)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+# --------------------------------------------------------------------------- temperature
+
+
+def _bce(y: np.ndarray, z: np.ndarray, t: float) -> float:
+    p = np.clip(sigmoid(z / t), 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def fit_temperature(y: np.ndarray, z: np.ndarray) -> float:
+    """The T in ``T_BOUNDS`` minimising the log loss of sigmoid(z / T) on labels ``y``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(0, 3, 4000)
+    >>> y = (rng.random(4000) < sigmoid(z / 2.5)).astype(float)
+    >>> abs(fit_temperature(y, z) - 2.5) < 0.3
+    True
+    """
+    lo, hi = (math.log(b) for b in T_BOUNDS)
+    found = minimize_scalar(lambda s: _bce(y, z, math.exp(s)), bounds=(lo, hi), method="bounded")
+    return float(math.exp(found.x))
+
+
+def fit_temperatures(y: np.ndarray, z: np.ndarray) -> dict[str, float]:
+    """One temperature per label; labels with few positives take the one fitted on all."""
+    shared = fit_temperature(y.ravel(), z.ravel())
+    return {
+        label: round(
+            fit_temperature(y[:, j], z[:, j])
+            if y[:, j].sum() >= MIN_POSITIVES_FOR_OWN_TEMPERATURE
+            else shared,
+            4,
+        )
+        for j, label in enumerate(LABELS)
+    }
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _r(value: Any, digits: int = 4) -> Any:
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, list | tuple):
+        return [_r(v, digits) for v in value]
+    return value
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures a card shows from one ``core.evaluate.evaluate`` result."""
+    model, base = result["model"], result["baseline"]
+    op = model["operating_point_any"]
+    out: dict[str, Any] = {
+        "slices": result["n_slices"],
+        "studies": result["n_studies"],
+        "slice_auc": {k: _r(v["auc"]) for k, v in model["labels"].items()},
+        "slice_auc_ci95": {k: _r(v["auc_ci95"]) for k, v in model["labels"].items()},
+        "positive_slices": {k: v["positive_slices"] for k, v in model["labels"].items()},
+        "weighted_log_loss": _r(model["weighted_log_loss"]),
+        "weighted_log_loss_ci95": _r(model["weighted_log_loss_ci95"]),
+        "constant_prior_weighted_log_loss": _r(base["weighted_log_loss"]),
+        "ece_any": _r(model["reliability_any"]["ece"]),
+    }
+    if result["n_studies"] < result["n_slices"]:  # whole studies, not single slices
+        out["study_auc_any"] = _r(model["study_any"]["auc"])
+        out["study_auc_any_ci95"] = _r(model["study_any"]["auc_ci95"])
+        out["positive_studies"] = model["study_any"]["positive_studies"]
+        out["study_aggregation"] = model["study_any"]["aggregation"]
+    if isinstance(op.get("threshold"), float):
+        out["threshold_any"] = _r(op["threshold"])
+        for level in ("slice", "study") if "study_auc_any" in out else ("slice",):
+            point = op[level]
+            out[f"{level}_sensitivity"] = _r(point.get("sensitivity"))
+            out[f"{level}_specificity"] = _r(point.get("specificity"))
+    return out
+
+
+def false_positive_positions(
+    probs: list[np.ndarray], labels: list[np.ndarray], share: float = 0.1
+) -> dict[str, int]:
+    """Where the highest-scored slices without bleeding lie along the head: counts in the
+    lower, middle and upper third of their series (a skull-base excess would show as 'lower').
+    """
+    rows = []
+    for p, y in zip(probs, labels, strict=True):
+        n = len(p)
+        for i in range(n):
+            if y[i, 0] == 0:
+                rows.append((float(p[i, 0]), i / max(1, n - 1)))
+    rows.sort(reverse=True)
+    top = rows[: max(1, int(len(rows) * share))]
+    thirds = {"lower third": 0, "middle third": 0, "upper third": 0}
+    for _, where in top:
+        key = "lower third" if where < 1 / 3 else "middle third" if where < 2 / 3 else "upper third"
+        thirds[key] += 1
+    return thirds
+
+
+def summary_sentence(
+    card: dict[str, Any], val: dict[str, Any], studies: dict[str, Any] | None
+) -> str:
+    """The card's verdict in words, with its numbers (the sidebar shows it)."""
+    data = card.get("training_data", {})
+
+    def ci(name: str, block: dict[str, Any], label: str = "any") -> str:
+        value = block["slice_auc"][label] if name == "slice" else block["study_auc_any"]
+        low_high = (
+            block["slice_auc_ci95"][label] if name == "slice" else block["study_auc_any_ci95"]
+        )
+        if not isinstance(value, float):
+            return "not measurable"
+        if isinstance(low_high, list) and len(low_high) == 2:
+            return f"{value:.2f} (95 % CI {low_high[0]:.2f}–{low_high[1]:.2f})"
+        return f"{value:.2f}"
+
+    subtypes = ", ".join(
+        f"{label} {val['slice_auc'][label]:.2f}"
+        for label in LABELS[1:]
+        if isinstance(val["slice_auc"][label], float)
+    )
+    text = (
+        f"{card.get('arch')} at {card.get('input_size')} px, trained from scratch (no pretrained "
+        f"weights) on {data.get('slices', '?')} real RSNA brain-window slices minus a held-out "
+        f"validation set. On {val['slices']} held-out slices: slice AUC(any) "
+        f"{ci('slice', val)}; by subtype {subtypes}; weighted log loss "
+        f"{val['weighted_log_loss']:.3f} against {val['constant_prior_weighted_log_loss']:.3f} "
+        "for a constant guess."
+    )
+    if studies is not None:
+        text += (
+            f" On {studies['studies']} whole CT studies it never saw ({studies['slices']} slices, "
+            f"{studies['positive_studies']} with bleeding): slice AUC(any) {ci('slice', studies)}, "
+            f"study AUC(any) {ci('study', studies)}"
+        )
+        if "study_sensitivity" in studies:
+            text += (
+                f"; at the operating threshold {studies['threshold_any']:.2f} it flags "
+                f"{studies['study_sensitivity']:.0%} of bleeding studies and clears "
+                f"{studies['study_specificity']:.0%} of normal ones"
+            )
+        text += "."
+    text += (
+        " A triage aid for research: it misses bleeds and flags normal scans, and every finding "
+        "must be confirmed by a radiologist."
+    )
+    return text
+
+
+# --------------------------------------------------------------------------- command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    data = Path(os.environ.get("ICH_SHARED_DATA", "../shared/data"))
+    p = argparse.ArgumentParser(
+        prog="python -m core.calibrate",
+        description=(
+            "Measure a trained model on held-out slices and whole studies, fit its temperature "
+            "and operating threshold, and write them into its model card (research use only)."
+        ),
+    )
+    p.add_argument("--weights", type=Path, required=True, help="the model card (NAME.json)")
+    p.add_argument("--png-dir", type=Path, default=data / "rsna_png" / "images")
+    p.add_argument(
+        "--png-labels", type=Path, default=data / "rsna_png" / "rsna_png_stage_2_train.csv"
+    )
+    p.add_argument("--val-hash", type=float, help="default: the card's split")
+    p.add_argument(
+        "--val-ids",
+        type=Path,
+        default=data / "hemseg" / "hemseg_masks.csv",
+        help="ids forced into validation at training (must match the card's split)",
+    )
+    p.add_argument("--studies", type=Path, help="folder of study zips the model never saw")
+    p.add_argument("--study-labels", type=Path, help="their labels (challenge CSV)")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--json", type=Path, help="also write every figure here")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--dry-run", action="store_true", help="print, do not change the card")
+    return p
+
+
+def _validation_ids(args: argparse.Namespace, card: dict[str, Any], labels: dict) -> list[str]:
+    split = card.get("split") or {}
+    if split.get("kind") != "id-hash":
+        raise ValueError(
+            "the card's model was not trained with a fixed split by image id (--val-hash); "
+            "its validation slices cannot be told apart"
+        )
+    share = args.val_hash if args.val_hash is not None else float(split["val_hash"])
+    if abs(share - float(split["val_hash"])) > 1e-12:
+        raise ValueError(f"--val-hash {share} differs from the card's {split['val_hash']}")
+    forced: list[str] = []
+    if split.get("forced_val"):
+        if args.val_ids.name != split["forced_val"]:
+            raise ValueError(
+                f"the model kept the ids of {split['forced_val']} out of training; give that "
+                f"file as --val-ids (got {args.val_ids.name})"
+            )
+        forced = read_id_column(args.val_ids)
+    names = sorted(p.stem for p in args.png_dir.glob("ID_*.png") if p.stem in labels)
+    _, val = split_by_hash(np.array(names), share, forced)
+    ids = [names[i] for i in val]
+    if split.get("val_slices") not in (None, len(ids)):
+        raise ValueError(
+            f"{len(ids)} validation slices found, the card's split had {split['val_slices']}: "
+            "not the data the model was trained beside"
+        )
+    return ids
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    loaded: LoadedModel = load_checkpoint(args.weights, resolve_device(args.device))
+    card = dict(loaded.card)
+    predictor = Predictor(loaded, args.device)
+    predictor.temperature = (1.0,) * len(LABELS)  # raw logits first; fitted below
+
+    png_labels = read_challenge_labels(args.png_labels)
+    val_ids = _validation_ids(args, card, png_labels)
+    log.info("scoring %d held-out PNG slices", len(val_ids))
+    z = png_logits(predictor, args.png_dir, val_ids)
+    y = np.stack([png_labels[i] for i in val_ids]).astype(np.int8)
+    train_ids = [k for k in png_labels if k not in set(val_ids)]
+    prior = constant_prior(np.stack([png_labels[k] for k in train_ids]))
+
+    temperature = fit_temperatures(y, z)
+    t = np.array([temperature[label] for label in LABELS])
+    p_raw, p_cal = sigmoid(z), sigmoid(z / t)
+    threshold = choose_threshold(y[:, 0], p_cal[:, 0], "youden")
+    slice_threshold = round(float(threshold), 4) if threshold is not None else None
+    val_result = evaluate(
+        y,
+        p_cal,
+        np.array(val_ids),
+        prior,
+        slice_threshold,
+        args.n_boot,
+        threshold_source="Youden's J on these validation slices",
+        prior_source="training prevalence",
+    )
+    val = headline(val_result)
+    val["ece_any_before_temperature"] = _r(expected_calibration_error(y[:, 0], p_raw[:, 0]))
+    val["slice_auc_any_before_temperature"] = _r(roc_auc(y[:, 0], p_raw[:, 0]))
+
+    studies: dict[str, Any] | None = None
+    study_report: dict[str, Any] | None = None
+    if args.studies is not None:
+        if args.study_labels is None:
+            raise ValueError("--studies needs --study-labels")
+        predictor.temperature = tuple(float(v) for v in t)
+        study_labels = read_challenge_labels(args.study_labels)
+        ys, ps, groups, per_study_p, per_study_y = [], [], [], [], []
+        zips = sorted(args.studies.glob("*.zip")) if args.studies.is_dir() else [args.studies]
+        for path in zips:
+            for study in load_studies(path):
+                series = study.default_series
+                pred = predictor.predict(study)
+                keep = [
+                    k
+                    for k, info in enumerate(series.slices)
+                    if _has(study_labels, info.sop_instance_uid)
+                ]
+                if not keep:
+                    continue
+                yy = np.stack(
+                    [_get(study_labels, series.slices[k].sop_instance_uid) for k in keep]
+                ).astype(np.int8)
+                pp = np.asarray(pred.probs)[keep].astype(np.float64)
+                ys.append(yy)
+                ps.append(pp)
+                per_study_p.append(pp)
+                per_study_y.append(yy)
+                groups += [study.study_instance_uid] * len(keep)
+                log.info(
+                    "study %d: %d slices, P(any) %.3f",
+                    len(per_study_p),
+                    len(keep),
+                    float(pp[:, 0].max()),
+                )
+        if not ys:
+            raise ValueError(f"no labelled slice found in {args.studies}")
+        study_result = evaluate(
+            np.concatenate(ys),
+            np.concatenate(ps),
+            np.array(groups),
+            prior,
+            slice_threshold,
+            args.n_boot,
+            threshold_source="chosen on the validation slices",
+            prior_source="training prevalence",
+        )
+        studies = headline(study_result)
+        studies["false_positive_positions_any"] = false_positive_positions(per_study_p, per_study_y)
+        top2 = evaluate(
+            np.concatenate(ys),
+            np.concatenate(ps),
+            np.array(groups),
+            prior,
+            slice_threshold,
+            0,
+            study_how="top2mean",
+        )
+        studies["study_auc_any_top2mean"] = _r(top2["model"]["study_any"]["auc"])
+        study_report = study_result
+
+    command = "python -m core.calibrate " + shlex.join(
+        sys.argv[1:] if args.argv is None else args.argv
+    )
+    where_val = (
+        f"held-out validation slices of rsna_png ({len(val_ids)}; {card['split']['description']}); "
+        "never trained on; temperature and threshold chosen on them"
+    )
+    metrics: list[dict[str, Any]] = [{"measured_on": where_val, "values": val}]
+    if studies is not None:
+        metrics.append(
+            {
+                "measured_on": (
+                    f"{studies['studies']} whole DICOM studies never trained on or tuned on "
+                    f"({studies['slices']} slices), through the app's loader and engine"
+                ),
+                "values": studies,
+            }
+        )
+    old = card.get("metrics")
+    at_training = "at training time (the trainer's own copy)"
+    if isinstance(old, list):  # calibrated before: keep only what the trainer wrote
+        old = next((m["values"] for m in old if m.get("measured_on") == at_training), None)
+    if old:
+        metrics.append({"measured_on": at_training, "values": old})
+    _check_metrics(metrics)
+    card["metrics"] = metrics
+    card["calibration"] = {
+        "temperature": temperature,
+        "method": (
+            "per-label temperature minimising the log loss on the validation slices (labels with "
+            f"fewer than {MIN_POSITIVES_FOR_OWN_TEMPERATURE} positives share one); the engine "
+            "shows sigmoid(logit / T)"
+        ),
+        "ece_any_before": val["ece_any_before_temperature"],
+        "ece_any_after": val["ece_any"],
+        "command": command,
+    }
+    card["operating_thresholds"] = {
+        "slice_any": slice_threshold,
+        "study_any": slice_threshold,
+        "rule": (
+            "Youden's J on the validation slices; a study is flagged when its most suspicious "
+            "slice reaches the same threshold"
+        ),
+    }
+    card["summary"] = summary_sentence(card, val, studies)
+    report = {
+        "card": str(args.weights),
+        "validation": val,
+        "studies": studies,
+        "calibration": card["calibration"],
+        "operating_thresholds": card["operating_thresholds"],
+        "summary": card["summary"],
+        "study_evaluation": study_report,
+    }
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
+    if not args.dry_run:
+        _write_card(loaded.card_path, card)
+    return report
+
+
+def _has(labels: dict[str, np.ndarray], sop: str) -> bool:
+    return sop in labels or f"ID_{sop}" in labels
+
+
+def _get(labels: dict[str, np.ndarray], sop: str) -> np.ndarray:
+    return labels[sop] if sop in labels else labels[f"ID_{sop}"]
+
+
+def _write_card(card_path: Path, card: dict[str, Any]) -> None:
+    """Card JSON and its Markdown twin, each replaced atomically (weights untouched)."""
+    for path, text in (
+        (card_path.with_suffix(".md"), render_card_markdown(card)),
+        (card_path, json.dumps(card, indent=2, ensure_ascii=False) + "\n"),
+    ):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else None
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("core.study").setLevel(logging.WARNING)
+    try:
+        report = run(args)
+    except (ValueError, ICHError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report["summary"])
+    print(
+        json.dumps(
+            {
+                "temperature": report["calibration"]["temperature"],
+                "operating_thresholds": report["operating_thresholds"],
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
