@@ -299,7 +299,8 @@ def test_weights_stored_at_half_size_load_as_float32_and_predict_alike(tmp_path:
     }
     assert size["half"] < 0.55 * size["full"]
     card = json.loads(half.read_text())
-    assert card["weights_dtype"] == "float16" and "weights_dtype" not in json.loads(full.read_text())
+    assert card["weights_dtype"] == "float16"
+    assert "weights_dtype" not in json.loads(full.read_text())
     stored = load_file(str(half.parent / card["weights_files"][0]["file"]))
     assert stored["fc.weight"].dtype == torch.float16
     assert stored["bn1.num_batches_tracked"].dtype == torch.int64  # integers stay as they are
