@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -71,6 +72,20 @@ def study_summary(study: Study, show_identity: bool = False) -> dict[str, Any]:
     return out
 
 
+NOT_RECORDED = "not recorded"
+
+
+def _or_missing(value: Any, unit: str = "", *, quote: bool = False) -> str:
+    """A header field as text, or "not recorded" where the file leaves it empty.
+
+    >>> _or_missing("", " mm"), _or_missing(5.0, " mm"), _or_missing("HEAD", quote=True)
+    ('not recorded', '5.0 mm', "'HEAD'")
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return NOT_RECORDED
+    return f"'{value}'" if quote else f"{value}{unit}"
+
+
 def format_text(summaries: list[dict[str, Any]]) -> str:
     lines: list[str] = []
     for st in summaries:
@@ -80,12 +95,16 @@ def format_text(summaries: list[dict[str, Any]]) -> str:
         for se in st["series"]:
             mark = "*" if se["default"] else " "
             spacing = se["PixelSpacing"] and "×".join(f"{v:.3f}" for v in se["PixelSpacing"])
+            number = se["SeriesNumber"]
             lines.append(
-                f" {mark}Series {se['SeriesNumber'] or '?'} {se['SeriesInstanceUID']} "
-                f"{se['Modality']} '{se['SeriesDescription']}': {se['NumberOfSlices']} slices "
-                f"{se['Rows']}×{se['Columns']}, pixel {spacing or '?'} mm, "
-                f"thickness {se['SliceThickness'] or '?'} mm, "
-                f"spacing {se['SpacingBetweenSlices'] or '?'} mm, tilt {se['GantryDetectorTilt']}°"
+                f" {mark}Series {_or_missing(number)} {se['SeriesInstanceUID']} "
+                f"{_or_missing(se['Modality'])} "
+                f"{_or_missing(se['SeriesDescription'], quote=True)}: "
+                f"{se['NumberOfSlices']} slices {se['Rows']}×{se['Columns']}, "
+                f"pixel {_or_missing(spacing, ' mm')}, "
+                f"thickness {_or_missing(se['SliceThickness'], ' mm')}, "
+                f"spacing {_or_missing(se['SpacingBetweenSlices'], ' mm')}, "
+                f"tilt {_or_missing(se['GantryDetectorTilt'], '°')}"
             )
             lines += [f"    ! {w}" for w in se["warnings"]]
             for sl in se["slices"]:
@@ -110,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summaries = [study_summary(s, args.show_identity) for s in studies]
-    print(json.dumps(summaries, indent=2) if args.json else format_text(summaries))
+    try:
+        print(json.dumps(summaries, indent=2) if args.json else format_text(summaries))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `… | head` closed the pipe: what it wanted was printed
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

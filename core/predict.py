@@ -109,16 +109,18 @@ def format_table(predictor: Predictor, rows: list[StudyPrediction]) -> str:
     lines = [
         f"Model {predictor.weights_identity} ({loaded.spec.arch}, "
         f"{loaded.spec.input_size} px) on {predictor.device}. {NOTICE}",
-        "Study-level probability = the highest over the study's slices.",
-        head + "  Peak slice (any; 1 = first) · top subtype",
+        # Said by the code that computed the scores (the engine's own description).
+        f"Study-level probability: {rows[0].study_method if rows else STUDY_BY_MAX}.",
+        head + "  Peak slice (any; 1 = first) · top subtype · ms/slice",
     ]
     for p in rows:
         scores = " ".join(f"{p.study_scores[label]:6.3f}" for label in LABELS)
         top = p.top_subtype
+        speed = "cached" if p.cached else f"{1000 * p.seconds / max(1, len(p.slices)):.0f}"
         lines.append(
             f"{p.study_instance_uid:<{width}}  {len(p.slices):6d} {scores}  "
             f"{p.peak_slice['any'] + 1:4d} · {top} {p.study_scores[top]:.3f} "
-            f"(slice {p.peak_slice[top] + 1})"
+            f"(slice {p.peak_slice[top] + 1}) · {speed}"
         )
     return "\n".join(lines)
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from core.inspect import main
 
@@ -41,3 +44,20 @@ def test_bad_input_gives_a_message_and_exit_code_2(tmp_path, capsys):
     assert main([str(photo)]) == 2
     err = capsys.readouterr().err
     assert "no CT images" in err and "Traceback" not in err
+
+
+def test_missing_fields_read_not_recorded_and_a_closed_pipe_is_quiet(small_zip) -> None:
+    root = Path(__file__).resolve().parents[1]
+
+    def shell(pipe: str) -> subprocess.CompletedProcess[str]:
+        command = f"'{sys.executable}' -m core.inspect '{small_zip}' | {pipe}"
+        return subprocess.run(
+            command, shell=True, cwd=root, capture_output=True, text=True, timeout=120
+        )
+
+    head = shell("head -2")
+    assert len(head.stdout.splitlines()) == 2
+    assert "?" not in head.stdout and "''" not in head.stdout
+    # `true` reads nothing and exits at once: every write of the command meets a closed pipe.
+    closed = shell("true")
+    assert "Traceback" not in closed.stderr and "BrokenPipe" not in closed.stderr, closed.stderr

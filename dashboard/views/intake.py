@@ -35,7 +35,8 @@ def add_source(sess: Session, label: str, source: bytes | Path) -> None:
         if uid not in sess.predictions and uid not in sess.pending:
             sess.pending.append(uid)
         sess.messages += [(label, "warning", w) for w in study.warnings]
-    sess.messages.append((label, "success", f"{len(studies)} study(ies) loaded."))
+    noun = "study" if len(studies) == 1 else "studies"
+    sess.messages.append((label, "success", f"{len(studies)} {noun} loaded."))
     sess.open_uid = studies[0].study_instance_uid
 
 

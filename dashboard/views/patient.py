@@ -74,7 +74,7 @@ def render(sess: Session, store: ReviewStore, predictor: Any, study: Study) -> N
         for i, p in enumerate(points, 1):
             when = p.acquired.strftime("%Y-%m-%d %H:%M") if p.acquired else "no date"
             labels[p.study_instance_uid] = f"{i}. {when}"
-        st.plotly_chart(_chart(points, labels), key=f"timeline-{uids[0]}")
+        st.plotly_chart(_chart(points, labels), key=f"timeline-{uids[0]}", theme=None)
         for ch in changes(points):
             if ch.growth_ml is None:
                 continue

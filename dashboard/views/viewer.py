@@ -211,7 +211,7 @@ def render(
                 heat = resources.heatmap(
                     predictor, prediction.weights_identity, series, series.pixel_hash, index, label
                 )
-            st.plotly_chart(_bar_chart(prediction, index), key=f"bars-{uid}")
+            st.plotly_chart(_bar_chart(prediction, index), key=f"bars-{uid}", theme=None)
         else:
             st.info(f"No probabilities for this study. {model_note}".strip())
 
@@ -245,6 +245,9 @@ def render(
         st.plotly_chart(
             _strip(prediction, index),
             key=f"strip-{uid}",
+            # Streamlit's theme repaints Plotly's colour scales (Inferno's near-black start
+            # became red, so P = 0 read as an alarm): the figures carry their own template.
+            theme=None,
             on_select="rerun",
             selection_mode="points",
         )
