@@ -98,5 +98,21 @@ def worklist_csv(entries: Iterable[WorklistEntry]) -> str:
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for e in entries:
-        writer.writerow(asdict(e))
+        writer.writerow({k: _cell(v) for k, v in asdict(e).items()})
     return out.getvalue()
+
+
+#: A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """Text that a spreadsheet would execute is prefixed with an apostrophe (OWASP's advice);
+    numbers and other text pass unchanged.
+
+    >>> print(_cell('=HYPERLINK("http://x")'), _cell("no hemorrhage"), _cell(-0.5))
+    '=HYPERLINK("http://x") no hemorrhage -0.5
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value

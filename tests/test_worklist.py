@@ -38,3 +38,16 @@ def test_sorted_by_suspicion_with_unscored_last_and_identity_masked(study_zips) 
 def test_top_subtype_ignores_any() -> None:
     assert top_subtype({"any": 0.99, "epidural": 0.1, "subdural": 0.3}) == ("subdural", 0.3)
     assert top_subtype(None) == ("", None)
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised() -> None:
+    saved = [
+        StudyRecord(
+            "s1", "s1.1", "@SUM(A1)", "=cmd|' /C calc'!A0", "2019-01-01", 30, "m", {"any": 0.4}
+        )
+    ]
+    rows = build_worklist([], {}, saved, {}, show_identity=True)
+    (parsed,) = list(csv.DictReader(io.StringIO(worklist_csv(rows))))
+    assert parsed["patient"].startswith("'=cmd")  # shown as text, never run
+    assert not any(v.startswith(("=", "+", "-", "@")) for v in parsed.values())
+    assert float(parsed["p_any"]) == 0.4

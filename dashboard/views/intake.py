@@ -12,6 +12,7 @@ import streamlit as st
 from core.errors import ICHError
 from core.study import load_studies
 from dashboard.state import Session
+from dashboard.text import plain
 
 DEMO_ZIP = Path(__file__).resolve().parents[1] / "demo" / "ID_4d28912ba6.zip"
 
@@ -56,4 +57,4 @@ def render(sess: Session) -> None:
         add_source(sess, "demo study", DEMO_ZIP)
     for label, level, text in sess.messages[-10:]:
         show = {"error": st.error, "warning": st.warning, "success": st.success}[level]
-        show(f"**{label}**: {text}")
+        show(f"**{plain(label)}**: {plain(text)}")

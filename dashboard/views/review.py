@@ -17,6 +17,7 @@ from core.report import study_report
 from core.store import OVERALL_CHOICES, Review, ReviewStore, StudyRecord
 from core.study import Study
 from dashboard.state import Session
+from dashboard.text import plain
 
 _CHOICES = ("—", "agree", "disagree")
 
@@ -42,8 +43,9 @@ def render(sess: Session, store: ReviewStore, study: Study, prediction: Any | No
     if history:
         last = history[-1]
         st.success(
-            f"Latest review: **{last.overall}** by {last.reviewer} on "
-            f"{last.created_at:%Y-%m-%d %H:%M} UTC" + (f" — {last.notes}" if last.notes else "")
+            f"Latest review: **{last.overall}** by {plain(last.reviewer)} on "
+            f"{last.created_at:%Y-%m-%d %H:%M} UTC"
+            + (f" — {plain(last.notes)}" if last.notes else "")
         )
     with st.form(key=f"review-{uid}"):
         cols = st.columns(3)
@@ -91,7 +93,8 @@ def render(sess: Session, store: ReviewStore, study: Study, prediction: Any | No
         with st.expander(f"History ({len(history)} reviews)"):
             for r in reversed(history):
                 st.markdown(
-                    f"- {r.created_at:%Y-%m-%d %H:%M} · {r.reviewer} · **{r.overall}** {r.notes}"
+                    f"- {r.created_at:%Y-%m-%d %H:%M} · {plain(r.reviewer)} · "
+                    f"**{r.overall}** {plain(r.notes)}"
                 )
     report = study_report(
         study, prediction, history, show_identity=sess.show_identity, salt=store.salt
@@ -109,4 +112,7 @@ def render_saved(store: ReviewStore, uid: str) -> None:
     """A study saved in an earlier session: its reviews, and how to see its images again."""
     st.info("This study was saved in an earlier session. Upload its zip again to see the images.")
     for r in reversed(store.history(uid)):
-        st.markdown(f"- {r.created_at:%Y-%m-%d %H:%M} · {r.reviewer} · **{r.overall}** {r.notes}")
+        st.markdown(
+            f"- {r.created_at:%Y-%m-%d %H:%M} · {plain(r.reviewer)} · "
+            f"**{r.overall}** {plain(r.notes)}"
+        )

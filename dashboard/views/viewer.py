@@ -20,6 +20,7 @@ from core.study import Study
 from core.volume import ESTIMATE_NOTICE, draw_outline
 from core.windowing import PRESETS, apply_window
 from dashboard import resources
+from dashboard.text import plain
 
 CAM_NOTE = (
     "Grad-CAM shows where the model looked for this label; every map is rescaled to 0–1, so "
@@ -132,7 +133,8 @@ def render(
         _apply_strip_selection(uid, slice_key, n)
 
     date = study.study_date.isoformat() if study.study_date else "no date"
-    st.markdown(f"#### {patient} · {date} · {series.description or 'axial CT'} · {n} slices")
+    what = plain(series.description) if series.description else "axial CT"
+    st.markdown(f"#### {plain(patient)} · {date} · {what} · {n} slices")
     if prediction is not None and predictor is not None and predictor.seen_in_training(uid):
         st.warning(IN_TRAINING_NOTE, icon="⚠️")
     if series.warnings:

@@ -123,6 +123,22 @@ def test_review_saved_and_read_back_after_restart(small_zip: Path, app_env: Path
     )
 
 
+def test_notes_and_names_render_as_plain_text(small_zip: Path, app_env: Path) -> None:
+    """A note cannot print a bold verdict that looks like the app's, nor fetch an image."""
+    at = _upload(_start(), small_zip)
+    uid = load_studies(small_zip)[0].study_instance_uid
+    at.radio(key=f"overall-{uid}").set_value("hemorrhage")
+    at.text_area(key=f"notes-{uid}").input("**NO BLEED** ![b](http://192.0.2.1/beacon.png)")
+    at.text_input(key=f"reviewer-{uid}").input("<b>Dr_X</b>")
+    next(b for b in at.button if b.label == "Save review").click().run()
+    at.run()
+    assert not at.exception
+    latest = next(s.value for s in at.success if s.value.startswith("Latest review"))
+    assert "**hemorrhage**" in latest  # the app's own bold stays
+    assert "**NO BLEED**" not in latest and "![b](" not in latest and "<b>" not in latest
+    assert r"\*\*NO BLEED\*\*" in latest and r"\<b\>Dr\_X\</b\>" in latest
+
+
 def test_review_needs_an_overall_call(small_zip: Path, app_env: Path) -> None:
     at = _upload(_start(), small_zip)
     uid = load_studies(small_zip)[0].study_instance_uid
