@@ -42,7 +42,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -112,6 +112,28 @@ RESUME_FIXED = (
 _INIT_PREFIXES = ("module.", "model.", "_orig_mod.")
 #: Classifier heads of torchvision/timm ResNets: never taken from an ImageNet state dict.
 _HEAD_PREFIXES = ("fc.", "head.", "classifier.", "last_linear.")
+
+
+def ema_with_warmup(decay: float) -> Any:
+    """AveragedModel's ``multi_avg_fn`` for an exponential moving average whose decay grows
+    as ``min(decay, (1 + n) / (10 + n))`` with the update count n.
+
+    Why the warm-up: with a constant 0.998 the average still holds 15 % of the random
+    initial weights after 960 steps, and that blend of far-apart networks was measured to
+    answer the same probability for every slice (validation AUC 0.5 while the weights
+    themselves reached 0.79). Early on the average now follows the weights closely.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:  # BatchNorm's step counters: the current ones
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine.copy_(theirs)
+
+    return update
 
 
 # --------------------------------------------------------------------------- metrics
@@ -300,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--save-weights", metavar="NAME", help="write the final model card + weights")
     p.add_argument("--weights-dir", type=Path, default=DEFAULT_WEIGHTS_DIR)
+    p.add_argument(
+        "--weights-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="how --save-weights stores the tensors (float16: half the size, read as float32)",
+    )
     p.add_argument("--digest-dir", type=Path, help=argparse.SUPPRESS)  # tests: per-rank sha256
     return p
 
@@ -523,9 +551,7 @@ class Trainer:
         # The moving average (weights and BatchNorm statistics) is what is validated and
         # saved: on a few thousand slices the raw weights swing from epoch to epoch.
         self.ema: AveragedModel | None = (
-            AveragedModel(
-                self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True
-            )
+            AveragedModel(self.model, multi_avg_fn=ema_with_warmup(args.ema), use_buffers=True)
             if args.ema > 0
             else None
         )
@@ -950,6 +976,7 @@ class Trainer:
                 args.weights_dir,
                 args.save_weights,
                 self._card(metrics),
+                storage_dtype=getattr(torch, args.weights_dtype),
             )
             self._info(f"weights and model card written: {card}")
         if args.digest_dir is not None:
@@ -1078,6 +1105,7 @@ class Trainer:
                 "schedule": f"linear warmup ({args.warmup:.0%}) then cosine, per step",
                 "loss": "BCE weighted as the challenge (any 2, others 1)",
                 "ema_decay": args.ema or None,
+                "ema_warmup": "min(DECAY, (1 + n) / (10 + n)) at update n" if args.ema else None,
                 "augmentation": None if args.no_augment else asdict(self.augment_config),
                 "init": args.init.name if args.init else "random (no pretrained weights)",
                 "seed": args.seed,

@@ -309,3 +309,26 @@ def test_png_folder_with_id_hash_split_and_ema_trains(tmp_path: Path) -> None:
     raw = state["model"]
     key = "fc.weight"
     assert torch.equal(saved[key], ema[key]) and not torch.equal(saved[key], raw[key])
+
+
+def test_moving_average_warms_up_instead_of_keeping_the_initial_weights() -> None:
+    from torch.optim.swa_utils import AveragedModel
+
+    from core.train import ema_with_warmup
+
+    net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.998), use_buffers=True)
+    start = net[0].weight.detach().clone()
+    ema.update_parameters(net)  # the first update copies
+    for n in range(1, 4):
+        with torch.no_grad():
+            net[0].weight.add_(1.0)
+        net(torch.randn(4, 3))  # BatchNorm counters move too
+        before = ema.module[0].weight.detach().clone()
+        ema.update_parameters(net)
+        d = min(0.998, (1 + n) / (10 + n))
+        expected = d * before + (1 - d) * net[0].weight.detach()
+        torch.testing.assert_close(ema.module[0].weight, expected)
+    # After three updates a constant 0.998 would still sit at the start; this one has moved.
+    assert float((ema.module[0].weight - start).mean()) > 1.5
+    assert int(ema.module[1].num_batches_tracked) == int(net[1].num_batches_tracked)
