@@ -323,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-weights", metavar="NAME", help="write the final model card + weights")
     p.add_argument("--weights-dir", type=Path, default=DEFAULT_WEIGHTS_DIR)
     p.add_argument(
+        "--final",
+        choices=["average", "weights"],
+        default="average",
+        help="with --ema: validate and save the moving average (default) or the weights "
+        "themselves; may differ from the run it resumes",
+    )
+    p.add_argument(
         "--weights-dtype",
         choices=["float32", "float16"],
         default="float32",
@@ -695,8 +702,11 @@ class Trainer:
 
     @property
     def final_model(self) -> nn.Module:
-        """What is validated and saved: the moving average with --ema, else the weights."""
-        return self.ema.module if self.ema is not None else self.model
+        """What is validated and saved: the moving average with --ema (unless --final
+        weights), else the weights."""
+        if self.ema is not None and self.args.final == "average":
+            return self.ema.module
+        return self.model
 
     # ------------------------------------------------------------------- checkpoint
 
@@ -1105,6 +1115,9 @@ class Trainer:
                 "schedule": f"linear warmup ({args.warmup:.0%}) then cosine, per step",
                 "loss": "BCE weighted as the challenge (any 2, others 1)",
                 "ema_decay": args.ema or None,
+                "saved": "moving average of the weights"
+                if self.ema is not None and args.final == "average"
+                else "the weights at the last step",
                 "ema_warmup": "min(DECAY, (1 + n) / (10 + n)) at update n" if args.ema else None,
                 "augmentation": None if args.no_augment else asdict(self.augment_config),
                 "init": args.init.name if args.init else "random (no pretrained weights)",

@@ -309,6 +309,15 @@ def test_png_folder_with_id_hash_split_and_ema_trains(tmp_path: Path) -> None:
     raw = state["model"]
     key = "fc.weight"
     assert torch.equal(saved[key], ema[key]) and not torch.equal(saved[key], raw[key])
+    # Resumed after the last epoch with --final weights: the weights themselves, at half size.
+    argv += ["--resume", "--final", "weights", "--weights-dtype", "float16"]
+    argv[argv.index("png")] = "png-raw"
+    assert main(argv) == 0
+    card = json.loads((tmp_path / "weights" / "png-raw.json").read_text())
+    assert card["training"]["saved"] == "the weights at the last step"
+    assert card["weights_dtype"] == "float16"
+    plain = load_checkpoint(tmp_path / "weights" / "png-raw.json").model.state_dict()
+    torch.testing.assert_close(plain[key], raw[key], atol=1e-3, rtol=1e-3)
 
 
 def test_moving_average_warms_up_instead_of_keeping_the_initial_weights() -> None:
