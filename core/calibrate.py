@@ -184,6 +184,7 @@ def summary_sentence(
 ) -> str:
     """The card's verdict in words, with its numbers (the sidebar shows it)."""
     data = card.get("training_data", {})
+    train_slices = (card.get("split") or {}).get("train_slices", data.get("slices", "?"))
 
     def ci(name: str, block: dict[str, Any], label: str = "any") -> str:
         value = block["slice_auc"][label] if name == "slice" else block["study_auc_any"]
@@ -203,8 +204,8 @@ def summary_sentence(
     )
     text = (
         f"{card.get('arch')} at {card.get('input_size')} px, trained from scratch (no pretrained "
-        f"weights) on {data.get('slices', '?')} real RSNA brain-window slices minus a held-out "
-        f"validation set. On {val['slices']} held-out slices: slice AUC(any) "
+        f"weights) on {train_slices} real RSNA brain-window slices. On {val['slices']} "
+        "held-out slices: slice AUC(any) "
         f"{ci('slice', val)}; by subtype {subtypes}; weighted log loss "
         f"{val['weighted_log_loss']:.3f} against {val['constant_prior_weighted_log_loss']:.3f} "
         "for a constant guess."
