@@ -151,7 +151,7 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     expect(_slice_figure(page)).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
     bars = _plotly_chart(page, "Probabilities")
     expect(bars).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
-    expect(sidebar.get_by_text(f"{small_zip.name}: 1 study(ies) loaded.")).to_be_visible()
+    expect(sidebar.get_by_text(f"{small_zip.name}: 1 study loaded.")).to_be_visible()
     strip = _plotly_chart(page, "Per-slice probabilities (click a slice to open it)")
     expect(strip).to_be_visible()
     expect(main.get_by_text("Running the model")).to_have_count(0)
