@@ -9,8 +9,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.dicom.study import load_studies
 from core.errors import ICHError
-from core.study import load_studies
 from dashboard.state import Session
 
 DEMO_ZIP = Path(__file__).resolve().parents[1] / "demo" / "ID_4d28912ba6.zip"

@@ -9,10 +9,17 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.monitoring import DEFINITION, TimePoint, acquired_at, changes, group_by_patient, timeline
-from core.store import ReviewStore
-from core.study import Study
-from core.volume import ESTIMATE_NOTICE
+from core.dicom.study import Study
+from core.imaging.volume import ESTIMATE_NOTICE
+from core.review.monitoring import (
+    DEFINITION,
+    TimePoint,
+    acquired_at,
+    changes,
+    group_by_patient,
+    timeline,
+)
+from core.review.store import ReviewStore
 from dashboard import resources
 from dashboard.state import Session
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import streamlit as st
 
-from core.report_dicom import secondary_capture_bytes
-from core.report_pdf import render_pdf, report_input
-from core.store import ReviewStore
-from core.study import Study
+from core.dicom.study import Study
+from core.reports.pdf import render_pdf, report_input
+from core.reports.secondary_capture import secondary_capture_bytes
+from core.review.store import ReviewStore
 from dashboard import resources
 from dashboard.state import Session
 

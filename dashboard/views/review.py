@@ -11,11 +11,11 @@ from typing import Any
 
 import streamlit as st
 
+from core.dicom.study import Study
 from core.errors import ICHError
 from core.labels import LABELS
-from core.report import study_report
-from core.store import OVERALL_CHOICES, Review, ReviewStore, StudyRecord
-from core.study import Study
+from core.reports.study_report import study_report
+from core.review.store import OVERALL_CHOICES, Review, ReviewStore, StudyRecord
 from dashboard.state import Session
 
 _CHOICES = ("—", "agree", "disagree")

@@ -13,12 +13,12 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.engine import IN_TRAINING_NOTE
-from core.explain import colorbar_image, render_overlay
+from core.dicom.study import Study
+from core.imaging.volume import ESTIMATE_NOTICE, draw_outline
+from core.imaging.windowing import PRESETS, apply_window
+from core.inference.predictor import IN_TRAINING_NOTE
 from core.labels import LABELS
-from core.study import Study
-from core.volume import ESTIMATE_NOTICE, draw_outline
-from core.windowing import PRESETS, apply_window
+from core.model.gradcam import colorbar_image, render_overlay
 from dashboard import resources
 
 CAM_NOTE = (

@@ -13,12 +13,12 @@ import numpy as np
 from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 
-from core.engine import Predictor, ResultCache
-from core.model import load_checkpoint
-from core.store import DB_NAME, ReviewStore
-from core.study import Study, load_studies, pseudonym
-from core.volume import OUTLINE_RGB
-from core.windowing import apply_window
+from core.dicom.study import Study, load_studies, pseudonym
+from core.imaging.volume import OUTLINE_RGB
+from core.imaging.windowing import apply_window
+from core.inference.predictor import Predictor, ResultCache
+from core.model.checkpoint import load_checkpoint
+from core.review.store import DB_NAME, ReviewStore
 
 FIRST_PREDICTION_TIMEOUT_MS = 120_000  # reading + first model run on 2 CPU cores
 STEP_TIMEOUT_MS = 60_000

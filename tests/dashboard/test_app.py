@@ -9,8 +9,8 @@ import pytest
 from dicom_helpers import edit, write_zip
 from streamlit.testing.v1 import AppTest
 
-from core.model import find_default_checkpoint, load_checkpoint
-from core.study import load_studies
+from core.dicom.study import load_studies
+from core.model.checkpoint import find_default_checkpoint, load_checkpoint
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 TIMEOUT = 180
