@@ -5,10 +5,11 @@ so a number means something on any machine.
 
 load: every zip under the data folder, unzip + parse + decode + HU + window (a display image in
 the brain window and the 3-window model input), through core.dicom.study.load_studies and
-core.imaging.windowing, against a plain loop: pydicom.dcmread of each file in turn + numpy per slice.
+core.imaging.windowing, against a plain loop: pydicom.dcmread of each file in turn + numpy per
+slice.
 
-infer: the inference engine as the app uses it (core.inference.predictor.Predictor on a loaded Study:
-batched, channels_last, inference_mode, all cores, input at the model's size) against a
+infer: the inference engine as the app uses it (core.inference.predictor.Predictor on a loaded
+Study: batched, channels_last, inference_mode, all cores, input at the model's size) against a
 seed-style loop measured in the same run on the same weights: files read one by one, HU and
 three windows in numpy at the full 512×512, fp32, batch 1, NCHW, one forward per slice under
 no_grad. No trained weights are needed: an untrained network is saved to a temporary

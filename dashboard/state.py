@@ -14,7 +14,7 @@ from core.dicom.study import Study
 @dataclass
 class Session:
     studies: dict[str, Study] = field(default_factory=dict)  # by StudyInstanceUID
-    predictions: dict[str, Any] = field(default_factory=dict)  # uid → core.inference.predictor.StudyPrediction
+    predictions: dict[str, Any] = field(default_factory=dict)  # uid → StudyPrediction
     pending: list[str] = field(default_factory=list)  # uids waiting for the model
     messages: list[tuple[str, str, str]] = field(default_factory=list)  # (source, level, text)
     seen_uploads: set[str] = field(default_factory=set)

@@ -10,7 +10,8 @@ declare the two op schemas torchvision's import touches (``nms``, ``qnms``) with
 torch.library, without any implementation (this app never calls them). With a matching
 torch/torchvision pair the first step succeeds and nothing else happens.
 
-Import this module (``import core.model.tv_compat``) before any ``import torchvision``; core.model.checkpoint does.
+Import this module (``import core.model.tv_compat``) before any ``import torchvision``; the
+model room's ``__init__`` does, so every module of core.model has it first.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ the ``val_predictions.json`` of one fold) and the final CNN was trained on all s
 
 1. pools the folds' out-of-fold predictions (each study scored by a CNN that never saw it) and
    evaluates them with core.training.evaluate, beside the constant-prior baseline;
-2. cross-validates the slice-context model (core.model.context) over the same folds: for each fold it
-   is fitted on the other folds' out-of-fold CNN outputs and applied to this fold's;
+2. cross-validates the slice-context model (core.model.context) over the same folds: for each
+   fold it is fitted on the other folds' out-of-fold CNN outputs and applied to this fold's;
 3. chooses the operating thresholds on these out-of-fold predictions (validation data);
 4. fits the context model on all out-of-fold outputs and stores it, the cross-validated
    figures and the thresholds in the final checkpoint (its card is rewritten; the CNN's
@@ -25,14 +25,13 @@ import argparse
 import json
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.errors import ICHError, InputError
+from core.errors import InputError
 from core.labels import LABELS
 from core.model.checkpoint import RESERVED_CARD_KEYS, load_checkpoint, save_checkpoint
 from core.model.context import ContextSpec, StudyExample, apply_context, fit_context
@@ -263,30 +262,6 @@ def summary_sentence(n_studies: int, n_slices: int, h: dict[str, Any]) -> str:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m core.crossval",
-        description=(
-            "Pool the folds' out-of-fold predictions, cross-validate the slice-context model, "
-            "and store it with the cross-validated figures in the final checkpoint. "
-            "Research use only."
-        ),
-    )
-    p.add_argument("runs", nargs="+", type=Path, help="the folds' run folders (one per fold)")
-    p.add_argument("--checkpoint", type=Path, required=True, help="final model's card (.json)")
-    p.add_argument("--context-epochs", type=int, default=300)
-    p.add_argument("--hidden", type=int, default=ContextSpec().hidden)
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--fold-command",
-        help="how the folds were trained (recorded verbatim in the card), e.g. the core.train "
-        "command line with FOLD in place of the fold number",
-    )
-    p.add_argument("--dry-run", action="store_true", help="print the figures, change nothing")
-    return p
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     studies, infos = read_runs(args.runs)
     ids = np.concatenate([[s.uid] * len(s.probs) for s in studies])
@@ -446,20 +421,3 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        report = run(args)
-    except ICHError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
-    except OSError as exc:
-        print(f"error: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(format_report(report))
-    return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

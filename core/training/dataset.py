@@ -664,8 +664,8 @@ def window_batch(hu: torch.Tensor, low: torch.Tensor, width: torch.Tensor) -> to
 
 
 def model_batch(hu: torch.Tensor, windows: tuple[Window, ...] = MODEL_WINDOWS) -> torch.Tensor:
-    """Un-augmented input (validation, embeddings): ``core.imaging.windowing.model_input`` itself, on
-    HU that is already at the model's size, so nothing is resized twice."""
+    """Un-augmented input (validation, embeddings): ``core.imaging.windowing.model_input``
+    itself, on HU that is already at the model's size, so nothing is resized twice."""
     if hu.ndim == 4:
         hu = hu[:, 0]
     size = int(hu.shape[-1])

@@ -1,5 +1,5 @@
-"""core.dicom.ct_slice on real RSNA slices: compressed transfer syntaxes decode to the same HU as the
-uncompressed originals, the RSNA 12-bit wrap-around fix, and PixelPaddingValue.
+"""core.dicom.ct_slice on real RSNA slices: compressed transfer syntaxes decode to the same HU as
+the uncompressed originals, the RSNA 12-bit wrap-around fix, and PixelPaddingValue.
 
 The shared data holds no compressed file, so each test encodes copies of real slices itself:
 RLE, JPEG-LS and JPEG 2000 with pydicom (pylibjpeg-rle, pyjpegls, pylibjpeg-openjpeg) and

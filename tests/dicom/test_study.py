@@ -1,4 +1,5 @@
-"""core.dicom.study on the 17 real RSNA studies: counts, order, HU scale, metadata, de-identification."""
+"""core.dicom.study on the 17 real RSNA studies: counts, order, HU scale, metadata,
+de-identification."""
 
 from __future__ import annotations
 

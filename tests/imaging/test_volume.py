@@ -1,5 +1,5 @@
-"""core.imaging.volume: candidate bleed mask, voxel volume and ABC/2 — on phantoms with known answers
-and on the real shared studies (positive slices give volume, normal brain nearly none)."""
+"""core.imaging.volume: candidate bleed mask, voxel volume and ABC/2 — on phantoms with known
+answers and on the real shared studies (positive slices give volume, normal brain nearly none)."""
 
 from __future__ import annotations
 

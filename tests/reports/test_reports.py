@@ -1,5 +1,6 @@
-"""core.reports.pdf and core.reports.secondary_capture: the one-page PDF renders (checked as pixels with
-pdftoppm) and the Secondary Capture reads back with pydicom with its required attributes."""
+"""core.reports.pdf and core.reports.secondary_capture: the one-page PDF renders
+(checked as pixels with pdftoppm) and the Secondary Capture reads back with pydicom with its
+required attributes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""core.review.monitoring: time order and hematoma expansion, on real slices with a phantom bleed."""
+"""core.review.monitoring: time order and hematoma expansion, on real slices with a phantom
+bleed."""
 
 from __future__ import annotations
 

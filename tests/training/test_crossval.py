@@ -1,4 +1,5 @@
-"""core.training.crossval: pooling folds, cross-validating the context model, finishing the checkpoint."""
+"""core.training.crossval: pooling folds, cross-validating the context model, finishing the
+checkpoint."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from core.crossval import main
 from core.errors import InputError
 from core.labels import LABELS
 from core.model.checkpoint import ModelSpec, build_model, load_checkpoint, save_checkpoint
 from core.model.context import StudyExample
-from core.training.crossval import FoldStudy, false_positive_positions, main, read_runs
+from core.training.crossval import FoldStudy, false_positive_positions, read_runs
 
 SPEC = ModelSpec("tiny", 64)
 

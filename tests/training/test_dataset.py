@@ -1,5 +1,5 @@
-"""core.training.dataset: challenge labels, slice tables from zips and from the challenge's folder layout,
-batch augmentation, and patient-level splits, on the real RSNA studies."""
+"""core.training.dataset: challenge labels, slice tables from zips and from the challenge's folder
+layout, batch augmentation, and patient-level splits, on the real RSNA studies."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def labels() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def table(study_zips: list[Path], labels: dict[str, np.ndarray]) -> InMemorySlices:
-    return from_zips(study_zips, labels, SIZE, window_span(MODEL_WINDOWS))  # as core.training.trainer does
+    return from_zips(study_zips, labels, SIZE, window_span(MODEL_WINDOWS))  # as the trainer does
 
 
 # --------------------------------------------------------------------------- labels

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from data_paths import LABELLED
 
+from core.evaluate import main
 from core.labels import LABELS
 from core.training.evaluate import (
     CHOSEN_ON_DATA,
@@ -21,7 +22,6 @@ from core.training.evaluate import (
     NOT_MEASURABLE,
     PRIOR_FROM_EVALUATED,
     evaluate,
-    main,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,5 +1,5 @@
-"""core.training.metrics against values worked out by hand, and against scikit-learn as an independent
-reference where it is installed."""
+"""core.training.metrics against values worked out by hand, and against scikit-learn as an
+independent reference where it is installed."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""core.training.trainer: loss, steps that learn, resume, --init, the CLI outputs, and two processes under
-torchrun, all on real RSNA slices with the tiny network at 64 px (seconds, on a CPU)."""
+"""core.training.trainer: loss, steps that learn, resume, --init, the CLI outputs, and two processes
+under torchrun, all on real RSNA slices with the tiny network at 64 px (seconds, on a CPU)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,13 @@ from core.dicom.study import load_studies
 from core.inference.predictor import Predictor
 from core.labels import LABELS
 from core.model.checkpoint import ModelSpec, build_model, load_checkpoint
+from core.train import main, parse_args
 from core.training.metrics import weighted_log_loss
 from core.training.trainer import (
     CHECKPOINT_NAME,
     Trainer,
     load_init_weights,
     lr_factor,
-    main,
-    parse_args,
     state_digest,
     weighted_bce,
 )
