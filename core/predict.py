@@ -35,8 +35,9 @@ from core.inference.predictor import (
     StudyPrediction,
 )
 from core.labels import LABELS, SHORT_NAMES
-from core.model.checkpoint import NOTICE, load_checkpoint
+from core.model.checkpoint import load_checkpoint
 from core.model.gradcam import render_overlay
+from core.notice import NOTICE
 from core.reports.pdf import render_pdf, report_input
 from core.reports.secondary_capture import secondary_capture_bytes
 

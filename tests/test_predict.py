@@ -15,7 +15,8 @@ from PIL import Image
 
 from core.dicom.study import load_studies
 from core.labels import LABELS
-from core.model.checkpoint import NOTICE, ModelSpec, build_model, load_checkpoint, save_checkpoint
+from core.model.checkpoint import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from core.notice import NOTICE
 from core.predict import EXIT_INPUT, EXIT_MODEL, EXIT_OK, main, safe_name
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -47,6 +47,7 @@ from core.errors import ModelError
 from core.imaging.windowing import MODEL_WINDOWS, Window
 from core.labels import LABELS, check_label_order
 from core.model.context import ContextSpec, SliceContext
+from core.notice import NOTICE
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,6 @@ RESERVED_CARD_KEYS: frozenset[str] = frozenset(
 
 #: Key prefix of the slice-context model's tensors inside the weights files.
 CONTEXT_PREFIX = "context."
-
-NOTICE = "Research use only — not a medical device."
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

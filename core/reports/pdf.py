@@ -28,11 +28,12 @@ from core.imaging.volume import ESTIMATE_NOTICE, BleedEstimate, draw_outline
 from core.imaging.windowing import BRAIN, apply_window
 from core.labels import LABELS
 from core.model.gradcam import Heatmap, render_overlay
+from core.notice import CONFIRM
+from core.notice import NOTICE as BASE_NOTICE
 from core.review.store import Review
 
-NOTICE = (
-    "RESEARCH USE ONLY — NOT A MEDICAL DEVICE. Every finding must be confirmed by a radiologist."
-)
+#: The notice as the PDF prints it: shouted, then what it asks of the reader.
+NOTICE = f"{BASE_NOTICE.upper()} {CONFIRM}"
 A4 = (8.27, 11.69)  # inches
 
 

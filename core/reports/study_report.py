@@ -12,9 +12,8 @@ from typing import Any
 
 from core.dicom.study import Study
 from core.labels import LABELS
+from core.notice import NOTICE
 from core.review.store import Review
-
-NOTICE = "Research use only — not a medical device."
 
 
 def study_report(

@@ -36,6 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from core.errors import InputError
 from core.labels import LABELS, LOSS_WEIGHTS, SHORT_NAMES
+from core.notice import NOTICE
 from core.training.metrics import (
     EPS,
     STUDY_AGGREGATIONS,
@@ -59,7 +60,6 @@ NOT_MEASURABLE = "not measurable"
 NOT_COMPUTED = "not computed"
 CHOSEN_ON_DATA = "chosen by Youden's J on the evaluated data (optimistic)"
 PRIOR_FROM_EVALUATED = "prevalence in the evaluated labels (the best constant for these data)"
-NOTICE = "Research use only - not a medical device."
 
 _ANY = LABELS.index("any")
 

@@ -56,12 +56,12 @@ from core.inference.predictor import (
 )
 from core.labels import LABELS, LOSS_WEIGHTS
 from core.model.checkpoint import (
-    NOTICE,
     ModelSpec,
     build_model,
     save_checkpoint,
     weights_identity,
 )
+from core.notice import NOTICE
 from core.training.dataset import (
     AugmentConfig,
     SliceDataset,

@@ -6,11 +6,11 @@ from typing import Any
 
 import streamlit as st
 
-NOTICE = "Research use only — not a medical device."
+from core.notice import CONFIRM, NOTICE
 
 
 def render(predictor: Any | None, message: str) -> None:
-    st.warning(f"**{NOTICE}** Every finding must be confirmed by a radiologist.", icon="⚠️")
+    st.warning(f"**{NOTICE}** {CONFIRM}", icon="⚠️")
     if predictor is None:
         st.warning(
             f"{message} The viewer works without a model, but shows no hemorrhage "

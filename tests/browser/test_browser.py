@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 
@@ -124,6 +125,7 @@ def _full_page_screenshot(page: Page, path: Path) -> None:
         page.set_viewport_size(old)
 
 
+@pytest.mark.slow
 def test_upload_view_scroll_and_heatmap_in_chromium(
     streamlit_server, browser_page, small_zip: Path, output_dir: Path
 ) -> None:
@@ -257,6 +259,7 @@ OUTLINE_STUDY = "ID_b026766696"  # a real study with a large intraparenchymal bl
 OUTLINE_FROM = 0.30  # the P(any) set on the page's slider; the model's default is 0.5
 
 
+@pytest.mark.slow
 def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     shipped_server, browser_page, study_zips: list[Path], output_dir: Path
 ) -> None:
