@@ -530,20 +530,20 @@ class Predictor:
         """Whether the card lists this study among the model's training studies: its
         probabilities are then in-sample and say nothing about how the model does on new
         studies."""
-        split = self.loaded.card.get("split") or {}
+        split = self.loaded.card.split or {}
         return study_instance_uid in set(split.get("train_study_uids") or ())
 
     @property
     def study_threshold(self) -> float | None:
         """The card's operating threshold for the study P(any), or None when it records none."""
-        value = (self.loaded.card.get("operating_thresholds") or {}).get("study_any")
+        value = self.loaded.card.threshold("study_any")
         return float(value) if isinstance(value, int | float) and 0 < value < 1 else None
 
     @property
     def slice_threshold(self) -> float:
         """P(any) from which a slice counts as flagged: the card's operating threshold (chosen
         on cross-validation data), else 0.5."""
-        value = (self.loaded.card.get("operating_thresholds") or {}).get("slice_any")
+        value = self.loaded.card.threshold("slice_any")
         return float(value) if isinstance(value, int | float) and 0 < value < 1 else 0.5
 
     def localise(

@@ -46,6 +46,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from core.errors import ModelError
 from core.imaging.windowing import MODEL_WINDOWS, Window
 from core.labels import LABELS, check_label_order
+from core.model.card import CARD_FORMAT, RESERVED_CARD_KEYS, ModelCard
 from core.model.context import ContextSpec, SliceContext
 from core.notice import NOTICE
 
@@ -56,26 +57,6 @@ DEFAULT_WEIGHTS_DIR: Path = Path(__file__).resolve().parents[2] / "weights"
 
 #: Largest weights file written; GitHub refuses files over 100 MB, so stay clearly below.
 MAX_SHARD_BYTES: int = 95 * 1000 * 1000
-
-#: Version of the card layout, so a future change can still read old cards.
-CARD_FORMAT = "ich-review-model-card/1"
-
-#: Card keys written by save_checkpoint; a caller's ``card`` may not override them.
-RESERVED_CARD_KEYS: frozenset[str] = frozenset(
-    {
-        "format",
-        "name",
-        "arch",
-        "input_size",
-        "windows",
-        "labels",
-        "weights_files",
-        "weights_sha256",
-        "created",
-        "notice",
-        "context",
-    }
-)
 
 #: Key prefix of the slice-context model's tensors inside the weights files.
 CONTEXT_PREFIX = "context."
@@ -300,7 +281,7 @@ def save_checkpoint(
         full["context"] = {**context.spec.to_dict(), **dict(context_info or {})}
     card_path = directory / f"{name}.json"
     _atomic_write_text(directory / f"{name}.md", render_card_markdown(full))
-    _atomic_write_text(card_path, json.dumps(full, indent=2, ensure_ascii=False) + "\n")
+    _atomic_write_text(card_path, ModelCard.from_dict(full).to_json())
     return card_path
 
 
@@ -448,7 +429,7 @@ class LoadedModel:
 
     model: nn.Module
     spec: ModelSpec
-    card: dict[str, Any]
+    card: ModelCard
     weights_sha256: str
     name: str
     card_path: Path = field(default=Path())
@@ -594,7 +575,7 @@ def load_checkpoint(
     return LoadedModel(
         model=model,
         spec=spec,
-        card=card,
+        card=ModelCard.from_dict(card),
         weights_sha256=combined,
         name=str(card.get("name", card_path.stem)),
         card_path=card_path,
@@ -690,6 +671,9 @@ def find_default_checkpoint(weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> Pa
 
 __all__ = [
     "BUILDERS",
+    "CARD_FORMAT",
+    "RESERVED_CARD_KEYS",
+    "ModelCard",
     "DEFAULT_WEIGHTS_DIR",
     "MAX_SHARD_BYTES",
     "LoadedModel",

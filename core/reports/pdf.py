@@ -9,7 +9,7 @@ Patient identity appears only when the user chose to show it; otherwise the pseu
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +27,7 @@ from core.dicom.study import Study
 from core.imaging.volume import ESTIMATE_NOTICE, BleedEstimate, draw_outline
 from core.imaging.windowing import BRAIN, apply_window
 from core.labels import LABELS
+from core.model.card import ModelCard
 from core.model.gradcam import Heatmap, render_overlay
 from core.notice import CONFIRM
 from core.notice import NOTICE as BASE_NOTICE
@@ -188,12 +189,13 @@ def report_input(
     reviews: Sequence[Review],
     patient: str,
     label: str = "any",
-    card: Mapping[str, Any] | None = None,
+    card: ModelCard | None = None,
 ) -> ReportInput:
     """Gather a report's contents with the engine (the key slice's Grad-CAM included)."""
     k = key_slice(prediction, estimate)
     heat = predictor.explain(study.default_series, k, label) if predictor is not None else None
-    card = card if card is not None else (predictor.loaded.card if predictor is not None else {})
+    if card is None:
+        card = predictor.loaded.card if predictor is not None else ModelCard()
     return ReportInput(
         study=study,
         prediction=prediction,
@@ -201,8 +203,8 @@ def report_input(
         heatmap=heat,
         estimate=estimate,
         reviews=reviews,
-        model_name=str(card.get("name", "model")),
+        model_name=card.name or "model",
         model_identity=prediction.weights_identity,
-        card_summary=card.get("summary"),
+        card_summary=card.summary,
         patient=patient,
     )

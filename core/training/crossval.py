@@ -33,7 +33,8 @@ import numpy as np
 
 from core.errors import InputError
 from core.labels import LABELS
-from core.model.checkpoint import RESERVED_CARD_KEYS, load_checkpoint, save_checkpoint
+from core.model.card import RESERVED_CARD_KEYS
+from core.model.checkpoint import load_checkpoint, save_checkpoint
 from core.model.context import ContextSpec, StudyExample, apply_context, fit_context
 from core.training.evaluate import NOT_MEASURABLE, evaluate
 from core.training.metrics import (
@@ -332,7 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     loaded = load_checkpoint(args.checkpoint, with_context=False)
     context = fit_context([s.example for s in studies], spec, epochs=args.context_epochs)
-    card = {k: v for k, v in loaded.card.items() if k not in RESERVED_CARD_KEYS}
+    card = {k: v for k, v in loaded.card.to_dict().items() if k not in RESERVED_CARD_KEYS}
     metrics = {
         k: v for k, v in (card.get("metrics") or {}).items() if not k.startswith("cross-val")
     }

@@ -96,7 +96,8 @@ def test_crossval_stores_context_metrics_and_thresholds(tmp_path: Path, final_ca
     ):
         assert torch.equal(a, b)  # the CNN is unchanged
     card = after.card
-    (data, h), *rest = card["metrics"].items()
+    assert isinstance(card.metrics, dict)
+    (data, h), *rest = card.metrics.items()
     assert data.startswith("cross-validation: 3 folds") and "24 studies" in data
     assert rest == [("training data (no validation split)", {"train_loss_last_epoch": 0.1})]
     # The synthetic CNN's skull-base false positives fool the slice maximum; context does not.
@@ -104,9 +105,9 @@ def test_crossval_stores_context_metrics_and_thresholds(tmp_path: Path, final_ca
     assert h["with_slice_context"]["study_auc_any"] >= 0.95
     assert h["slice_auc"]["epidural"] == "not measurable"
     assert h["constant_prior_baseline"]["study_auc_any"] == 0.5
-    assert 0.0 < card["operating_thresholds"]["study_any"] < 1.0
-    assert "not a usable detector" in card["summary"]  # 24 studies are far too few
-    assert card["context"]["hidden"] == after.context.spec.hidden
+    assert 0.0 < (card.threshold("study_any") or 0.0) < 1.0
+    assert "not a usable detector" in (card.summary or "")  # 24 studies are far too few
+    assert card.context is not None and card.context["hidden"] == after.context.spec.hidden
     report = json.loads((final_card.parent / "final-crossval.json").read_text())
     assert report["headline"] == h
     md = final_card.with_suffix(".md").read_text()
@@ -114,7 +115,7 @@ def test_crossval_stores_context_metrics_and_thresholds(tmp_path: Path, final_ca
     # run again: the context model is replaced, the card keeps one cross-validation entry
     assert main(argv) == 0
     again = load_checkpoint(final_card)
-    assert again.context is not None and len(again.card["metrics"]) == 2
+    assert again.context is not None and len(again.card.metrics or ()) == 2
 
 
 def test_dry_run_changes_nothing(tmp_path: Path, final_card: Path, capsys) -> None:
