@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -80,7 +80,7 @@ class Series:
 
     @property
     def normal(self) -> np.ndarray | None:
-        return _normal(self.orientation)
+        return slice_normal(self.orientation)
 
     @property
     def is_axial(self) -> bool:
@@ -148,12 +148,26 @@ def _series_rank(s: Series) -> tuple:
     return (s.modality == "CT", s.is_axial, not s.is_localizer, thickness >= 2.5, s.n_slices)
 
 
-def _normal(orientation: tuple[float, ...] | None) -> np.ndarray | None:
+def slice_normal(orientation: Sequence[float] | None) -> np.ndarray | None:
+    """Unit normal of ImageOrientationPatient (row cosines × column cosines); None when the
+    orientation is missing or degenerate."""
     if orientation is None:
         return None
     n = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
     norm = float(np.linalg.norm(n))
     return n / norm if norm > 1e-6 else None
+
+
+def patient_axis_z(position: Sequence[float], normal: np.ndarray | None) -> float:
+    """A slice's place along the patient axis, in mm: ImagePositionPatient · the slice normal
+    (the scanner's z axis when the orientation is unknown). The one place it is computed: the
+    study loader sorts by it, the training index of a challenge folder records it.
+
+    >>> patient_axis_z((0.0, 0.0, 12.5), slice_normal((1, 0, 0, 0, 1, 0)))
+    12.5
+    """
+    axis = normal if normal is not None else np.array([0.0, 0.0, 1.0])
+    return float(np.dot(position, axis))
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -326,7 +340,7 @@ def _build_series(uid: str, raws: list[RawSlice]) -> Series:
         )
         raws = [r for r, o in zip(raws, orientations, strict=True) if o == main_orientation]
     orientation = next((r.orientation for r in raws if r.orientation is not None), None)
-    ordered, z, order_notes = _order(raws, _normal(orientation))
+    ordered, z, order_notes = _order(raws, slice_normal(orientation))
     warnings += order_notes
     spacing, spacing_notes = _spacing_report(z, ordered)
     warnings += spacing_notes
@@ -335,7 +349,7 @@ def _build_series(uid: str, raws: list[RawSlice]) -> Series:
             "This series has a single slice: it is not a whole head CT, and study-level scores "
             "from it are unreliable."
         )
-    tilt = _tilt_deg(ordered, _normal(orientation))
+    tilt = _tilt_deg(ordered, slice_normal(orientation))
     slices = tuple(
         SliceInfo(
             index=i,
@@ -385,8 +399,7 @@ def _order(
     """
     missing = sum(r.position is None for r in raws)
     if missing == 0:
-        axis = normal if normal is not None else np.array([0.0, 0.0, 1.0])
-        z = np.array([float(np.dot(r.position, axis)) for r in raws])  # type: ignore[arg-type]
+        z = np.array([patient_axis_z(r.position, normal) for r in raws])  # type: ignore[arg-type]
         order = np.argsort(z, kind="stable")
         notes = (
             []

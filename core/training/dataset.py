@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from core.dicom.archive import Member
 from core.dicom.ct_slice import HU_MIN, RawSlice, read_member
-from core.dicom.study import load_studies
+from core.dicom.study import load_studies, patient_axis_z, slice_normal
 from core.imaging.windowing import MODEL_WINDOWS, Window, model_input
 from core.labels import LABELS
 
@@ -431,11 +431,9 @@ def _read_header(path: str) -> tuple[str, ...] | None:
         return None
     z = ""
     try:
-        pos = np.array([float(v) for v in ds.ImagePositionPatient])
-        ori = np.array([float(v) for v in ds.ImageOrientationPatient])
-        normal = np.cross(ori[:3], ori[3:])
-        norm = float(np.linalg.norm(normal))
-        z = repr(float(pos @ (normal / norm if norm > 1e-6 else np.array([0.0, 0.0, 1.0]))))
+        pos = [float(v) for v in ds.ImagePositionPatient]
+        ori = [float(v) for v in ds.ImageOrientationPatient]
+        z = repr(patient_axis_z(pos, slice_normal(ori)))
     except (AttributeError, TypeError, ValueError):
         pass
     number = str(ds.get("InstanceNumber", "") or "")
