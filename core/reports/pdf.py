@@ -12,7 +12,6 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import matplotlib
 
@@ -26,6 +25,7 @@ from matplotlib.figure import Figure
 from core.dicom.study import Study
 from core.imaging.volume import ESTIMATE_NOTICE, BleedEstimate, draw_outline
 from core.imaging.windowing import BRAIN, apply_window
+from core.inference.predictor import Predictor, StudyPrediction
 from core.labels import LABELS
 from core.model.card import ModelCard
 from core.model.gradcam import Heatmap, render_overlay
@@ -43,7 +43,7 @@ class ReportInput:
     """What one study's report shows (what the viewer showed)."""
 
     study: Study
-    prediction: Any  # core.inference.predictor.StudyPrediction
+    prediction: StudyPrediction
     key_slice: int  # series index
     heatmap: Heatmap | None
     estimate: BleedEstimate | None
@@ -54,7 +54,7 @@ class ReportInput:
     patient: str  # what the user chose to show: pseudonym or identity
 
 
-def key_slice(prediction: Any, estimate: BleedEstimate | None = None) -> int:
+def key_slice(prediction: StudyPrediction, estimate: BleedEstimate | None = None) -> int:
     """The slice to show: the largest outlined area, else the highest P(any)."""
     if estimate is not None and max(estimate.area_mm2, default=0) > 0:
         return int(np.argmax(estimate.area_mm2))
@@ -77,7 +77,7 @@ def _review_lines(reviews: Sequence[Review]) -> list[str]:
     return lines
 
 
-def _probability_table(prediction: Any, index: int) -> list[list[str]]:
+def _probability_table(prediction: StudyPrediction, index: int) -> list[list[str]]:
     rows = []
     for j, label in enumerate(LABELS):
         rows.append(
@@ -183,8 +183,8 @@ def render_pdf(data: ReportInput, created: datetime | None = None) -> bytes:
 
 def report_input(
     study: Study,
-    prediction: Any,
-    predictor: Any,
+    prediction: StudyPrediction,
+    predictor: Predictor | None,
     estimate: BleedEstimate | None,
     reviews: Sequence[Review],
     patient: str,

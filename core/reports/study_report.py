@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from core.dicom.study import Study
+from core.inference.predictor import StudyPrediction
 from core.labels import LABELS
 from core.notice import NOTICE
 from core.review.store import Review
@@ -18,7 +19,7 @@ from core.review.store import Review
 
 def study_report(
     study: Study,
-    prediction: Any | None,
+    prediction: StudyPrediction | None,
     reviews: Sequence[Review],
     show_identity: bool = False,
     salt: str = "",
