@@ -20,11 +20,11 @@ def test_shipped_card_round_trips_byte_identically() -> None:
     assert card.arch == "resnext101_32x4d" and card.input_size == 160
     assert card.labels[0] == "any" and len(card.weights_files) == 2
     assert card.split is not None and card.split["train_study_uids"]
-    assert card.threshold("slice_any") is not None and card.summary
+    assert card.operating_thresholds is not None and card.summary
 
 
 def test_unknown_keys_are_kept_in_extra_and_in_place() -> None:
-    text = '{\n  "name": "m",\n  "later_key": [1, 2],\n  "arch": "tiny"\n}\n'
+    text = '{\n  "name": "m",\n  "later_key": [\n    1,\n    2\n  ],\n  "arch": "tiny"\n}\n'
     card = ModelCard.from_json(text)
     assert dict(card.extra) == {"later_key": [1, 2]}
     assert card.to_json() == text
