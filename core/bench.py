@@ -4,11 +4,12 @@ Each figure comes with a baseline measured in the same run on the same files, an
 so a number means something on any machine.
 
 load: every zip under the data folder, unzip + parse + decode + HU + window (a display image in
-the brain window and the 3-window model input), through core.study.load_studies and
-core.windowing, against a plain loop: pydicom.dcmread of each file in turn + numpy per slice.
+the brain window and the 3-window model input), through core.dicom.study.load_studies and
+core.imaging.windowing, against a plain loop: pydicom.dcmread of each file in turn + numpy per
+slice.
 
-infer: the inference engine as the app uses it (core.engine.Predictor on a loaded Study:
-batched, channels_last, inference_mode, all cores, input at the model's size) against a
+infer: the inference engine as the app uses it (core.inference.predictor.Predictor on a loaded
+Study: batched, channels_last, inference_mode, all cores, input at the model's size) against a
 seed-style loop measured in the same run on the same weights: files read one by one, HU and
 three windows in numpy at the full 512×512, fp32, batch 1, NCHW, one forward per slice under
 no_grad. No trained weights are needed: an untrained network is saved to a temporary
@@ -33,10 +34,10 @@ import pydicom
 import torch
 from PIL import Image
 
-from core.engine import Predictor, ResultCache, usable_cpus
-from core.model import BUILDERS, ModelSpec, build_model, load_checkpoint, save_checkpoint
-from core.study import load_studies
-from core.windowing import BRAIN, MODEL_WINDOWS, apply_window, model_input
+from core.dicom.study import load_studies
+from core.imaging.windowing import BRAIN, MODEL_WINDOWS, apply_window, model_input
+from core.inference.predictor import Predictor, ResultCache, usable_cpus
+from core.model.checkpoint import BUILDERS, ModelSpec, build_model, load_checkpoint, save_checkpoint
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODEL_SIZE = 256
@@ -165,7 +166,7 @@ def bench_infer(args: argparse.Namespace) -> None:
     )
     print(
         "  untrained weights, timing only: a randomly initialised network saved to a temporary "
-        "checkpoint and loaded through core.model.load_checkpoint"
+        "checkpoint and loaded through core.model.checkpoint.load_checkpoint"
     )
     if hasattr(os, "getloadavg"):
         print(

@@ -14,8 +14,8 @@ import os
 import sys
 from typing import Any
 
+from core.dicom.study import Series, Study, load_studies
 from core.errors import ICHError
-from core.study import Series, Study, load_studies
 
 
 def series_summary(series: Series, is_default: bool, with_slices: bool = True) -> dict[str, Any]:

@@ -23,22 +23,23 @@ from typing import Any
 
 from PIL import Image
 
-from core.engine import (
+from core.dicom.study import Study, load_studies
+from core.errors import ICHError, ModelError
+from core.imaging.volume import BleedEstimate
+from core.imaging.windowing import BRAIN
+from core.inference.predictor import (
     IN_TRAINING_NOTE,
     STUDY_BY_CONTEXT,
     STUDY_BY_MAX,
     Predictor,
     StudyPrediction,
 )
-from core.errors import ICHError, ModelError
-from core.explain import render_overlay
 from core.labels import LABELS, SHORT_NAMES
-from core.model import NOTICE, load_checkpoint
-from core.report_dicom import secondary_capture_bytes
-from core.report_pdf import render_pdf, report_input
-from core.study import Study, load_studies
-from core.volume import BleedEstimate
-from core.windowing import BRAIN
+from core.model.checkpoint import load_checkpoint
+from core.model.gradcam import render_overlay
+from core.notice import NOTICE
+from core.reports.pdf import render_pdf, report_input
+from core.reports.secondary_capture import secondary_capture_bytes
 
 EXIT_OK = 0
 EXIT_OUTPUT = 1

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.engine import Predictor
+from core.dicom.study import Series
 from core.errors import ICHError
-from core.explain import Heatmap
-from core.model import DEFAULT_WEIGHTS_DIR
-from core.store import DB_NAME, ReviewStore, data_dir
-from core.study import Series
-from core.volume import BleedEstimate
+from core.imaging.volume import BleedEstimate
+from core.inference.predictor import Predictor
+from core.model.checkpoint import DEFAULT_WEIGHTS_DIR
+from core.model.gradcam import Heatmap
+from core.review.store import DB_NAME, ReviewStore, data_dir
 
 
 def weights_dir() -> Path:

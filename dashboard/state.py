@@ -1,5 +1,5 @@
 """Per-user session state. Streamlit keeps one per browser session: nothing here is shared
-between users; only what a user saves to the worklist (core.store) is."""
+between users; only what a user saves to the worklist (core.review.store) is."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from typing import Any
 
 import streamlit as st
 
-from core.study import Study
+from core.dicom.study import Study
 
 
 @dataclass
 class Session:
     studies: dict[str, Study] = field(default_factory=dict)  # by StudyInstanceUID
-    predictions: dict[str, Any] = field(default_factory=dict)  # uid → core.engine.StudyPrediction
+    predictions: dict[str, Any] = field(default_factory=dict)  # uid → StudyPrediction
     pending: list[str] = field(default_factory=list)  # uids waiting for the model
     messages: list[tuple[str, str, str]] = field(default_factory=list)  # (source, level, text)
     seen_uploads: set[str] = field(default_factory=set)

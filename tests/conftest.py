@@ -50,7 +50,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     nothing about hemorrhage (test fixture only, never shipped)."""
     import torch
 
-    from core.model import ModelSpec, build_model, save_checkpoint
+    from core.model.checkpoint import ModelSpec, build_model, save_checkpoint
 
     folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)

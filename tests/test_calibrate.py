@@ -1,5 +1,6 @@
-"""core.calibrate: temperature, threshold and held-out figures written into the card of a model
-trained on real PNG slices (tiny network, seconds), and applied by the engine."""
+"""core.calibrate and core.training.calibration: temperature, threshold and held-out figures
+written into the card of a model trained on real PNG slices (tiny network, seconds), and
+applied by the engine."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import torch
 from data_paths import DATA, LABELLED, require
 
 from core import calibrate
-from core.engine import Predictor
+from core.dicom.study import load_studies
+from core.imaging.windowing import model_input
+from core.inference.predictor import Predictor
 from core.labels import LABELS
-from core.model import ModelError, load_checkpoint
-from core.study import load_studies
+from core.model.checkpoint import ModelError, load_checkpoint
 from core.train import main as train_main
-from core.windowing import model_input
+from core.training import calibration
+from core.training.dataset import read_challenge_labels
 
 PNG_DIR = DATA / "rsna_png" / "images"
 PNG_LABELS = DATA / "rsna_png" / "rsna_png_stage_2_train.csv"
@@ -31,7 +34,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, study_zips: list[Path]) ->
     root = tmp_path_factory.mktemp("calibrate")
     folder = root / "png"
     folder.mkdir()
-    labels = calibrate.read_challenge_labels(PNG_LABELS)
+    labels = read_challenge_labels(PNG_LABELS)
     pos = sorted(k for k, v in labels.items() if v[0] == 1)[:30]
     neg = sorted(k for k, v in labels.items() if v[0] == 0)[:50]
     for image_id in pos + neg:
@@ -58,13 +61,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory, study_zips: list[Path]) ->
 def test_temperature_fit_recovers_a_known_temperature() -> None:
     rng = np.random.default_rng(1)
     z = rng.normal(0, 4, (6000, 6))
-    y = (rng.random((6000, 6)) < calibrate.sigmoid(z / 3.0)).astype(np.int8)
+    y = (rng.random((6000, 6)) < calibration.sigmoid(z / 3.0)).astype(np.int8)
     y[:, 1] = 0
     y[:5, 1] = 1  # too few positives for its own temperature: takes the shared one
-    t = calibrate.fit_temperatures(y, z)
+    t = calibration.fit_temperatures(y, z)
     assert list(t) == list(LABELS)
     assert abs(t["any"] - 3.0) < 0.3 and abs(t["subdural"] - 3.0) < 0.3
-    assert t["epidural"] == pytest.approx(calibrate.fit_temperature(y.ravel(), z.ravel()), abs=1e-3)
+    assert t["epidural"] == pytest.approx(
+        calibration.fit_temperature(y.ravel(), z.ravel()), abs=1e-3
+    )
 
 
 def test_calibrate_writes_card_figures_and_the_engine_applies_the_temperature(
@@ -105,7 +110,7 @@ def test_calibrate_writes_card_figures_and_the_engine_applies_the_temperature(
     with torch.inference_mode():
         logits = loaded.model(x).numpy()
     np.testing.assert_allclose(
-        predictor.forward(x).numpy(), calibrate.sigmoid(logits / t), atol=1e-5
+        predictor.forward(x).numpy(), calibration.sigmoid(logits / t), atol=1e-5
     )
 
     # Calibrating again keeps one copy of the trainer's figures, not a nesting of them.

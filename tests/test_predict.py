@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from core.dicom.study import load_studies
 from core.labels import LABELS
-from core.model import NOTICE, ModelSpec, build_model, load_checkpoint, save_checkpoint
+from core.model.checkpoint import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from core.notice import NOTICE
 from core.predict import EXIT_INPUT, EXIT_MODEL, EXIT_OK, main, safe_name
-from core.study import load_studies
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ModelSpec("tiny", 64)

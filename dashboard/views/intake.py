@@ -9,8 +9,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.dicom.study import load_studies
 from core.errors import ICHError
-from core.study import load_studies
 from dashboard.state import Session
 from dashboard.text import plain
 

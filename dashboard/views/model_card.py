@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import streamlit as st
 
-NOTICE = "Research use only — not a medical device."
+from core.inference.predictor import Predictor
+from core.notice import CONFIRM, NOTICE
 
 
-def render(predictor: Any | None, message: str) -> None:
-    st.warning(f"**{NOTICE}** Every finding must be confirmed by a radiologist.", icon="⚠️")
+def render(predictor: Predictor | None, message: str) -> None:
+    st.warning(f"**{NOTICE}** {CONFIRM}", icon="⚠️")
     if predictor is None:
         st.warning(
             f"{message} The viewer works without a model, but shows no hemorrhage "
@@ -18,7 +17,7 @@ def render(predictor: Any | None, message: str) -> None:
         )
         return
     card = predictor.loaded.card
-    summary = card.get("summary")
+    summary = card.summary
     if summary:
         # The card's own verdict, with its cross-validated numbers, where it cannot be missed.
         st.info(f"**About this model.** {summary}")
@@ -31,13 +30,13 @@ def render(predictor: Any | None, message: str) -> None:
         )
     with st.expander(f"Model: {predictor.loaded.weights_identity}", expanded=False):
         st.markdown(
-            f"- **Architecture**: {card.get('arch')} at {card.get('input_size')} px\n"
-            f"- **Created**: {card.get('created', '—')}\n"
-            f"- **Windows**: {', '.join(w['name'] for w in card.get('windows', []))}\n"
-            f"- **Training data**: {card.get('training_data', 'not recorded')}\n"
+            f"- **Architecture**: {card.arch} at {card.input_size} px\n"
+            f"- **Created**: {card.created or '—'}\n"
+            f"- **Windows**: {', '.join(w['name'] for w in card.windows)}\n"
+            f"- **Training data**: {card.training_data or 'not recorded'}\n"
             f"- **Device**: {predictor.device}"
         )
-        metrics = card.get("metrics")
+        metrics = card.metrics
         if metrics:
             st.markdown("**Measured metrics**")
             st.json(metrics, expanded=False)

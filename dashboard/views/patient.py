@@ -3,21 +3,27 @@ study-level P(any) and estimated bleed volume on a timeline, with hematoma expan
 
 from __future__ import annotations
 
-from typing import Any
-
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.monitoring import DEFINITION, TimePoint, acquired_at, changes, group_by_patient, timeline
-from core.store import ReviewStore
-from core.study import Study
-from core.volume import ESTIMATE_NOTICE
+from core.dicom.study import Study
+from core.imaging.volume import ESTIMATE_NOTICE
+from core.inference.predictor import Predictor
+from core.review.monitoring import (
+    DEFINITION,
+    TimePoint,
+    acquired_at,
+    changes,
+    group_by_patient,
+    timeline,
+)
+from core.review.store import ReviewStore
 from dashboard import resources
 from dashboard.state import Session
 
 
-def _points(sess: Session, predictor: Any, uids: list[str]) -> list[TimePoint]:
+def _points(sess: Session, predictor: Predictor | None, uids: list[str]) -> list[TimePoint]:
     points = []
     for uid in uids:
         study = sess.studies[uid]
@@ -62,7 +68,7 @@ def _chart(points: list[TimePoint], labels: dict[str, str]) -> go.Figure:
     return fig
 
 
-def render(sess: Session, store: ReviewStore, predictor: Any, study: Study) -> None:
+def render(sess: Session, store: ReviewStore, predictor: Predictor | None, study: Study) -> None:
     groups = group_by_patient({uid: s.patient_id for uid, s in sess.studies.items()})
     uids = groups.get(study.patient_id)
     if not uids:

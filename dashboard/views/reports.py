@@ -3,20 +3,23 @@ Built on request (a Grad-CAM and the bleed estimate are computed), then offered 
 
 from __future__ import annotations
 
-from typing import Any
-
 import streamlit as st
 
-from core.report_dicom import secondary_capture_bytes
-from core.report_pdf import render_pdf, report_input
-from core.store import ReviewStore
-from core.study import Study
+from core.dicom.study import Study
+from core.inference.predictor import Predictor, StudyPrediction
+from core.reports.pdf import render_pdf, report_input
+from core.reports.secondary_capture import secondary_capture_bytes
+from core.review.store import ReviewStore
 from dashboard import resources
 from dashboard.state import Session
 
 
 def render(
-    sess: Session, store: ReviewStore, study: Study, prediction: Any, predictor: Any
+    sess: Session,
+    store: ReviewStore,
+    study: Study,
+    prediction: StudyPrediction | None,
+    predictor: Predictor | None,
 ) -> None:
     if prediction is None or predictor is None:
         return

@@ -7,22 +7,22 @@ puts the study on the shared worklist. The study's report downloads as JSON.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import streamlit as st
 
+from core.dicom.study import Study
 from core.errors import ICHError
+from core.inference.predictor import StudyPrediction
 from core.labels import LABELS
-from core.report import study_report
-from core.store import OVERALL_CHOICES, Review, ReviewStore, StudyRecord
-from core.study import Study
+from core.reports.study_report import study_report
+from core.review.store import OVERALL_CHOICES, Review, ReviewStore, StudyRecord
 from dashboard.state import Session
 from dashboard.text import plain
 
 _CHOICES = ("—", "agree", "disagree")
 
 
-def _record(study: Study, prediction: Any | None) -> StudyRecord:
+def _record(study: Study, prediction: StudyPrediction | None) -> StudyRecord:
     series = study.default_series
     return StudyRecord(
         study_instance_uid=study.study_instance_uid,
@@ -36,7 +36,9 @@ def _record(study: Study, prediction: Any | None) -> StudyRecord:
     )
 
 
-def render(sess: Session, store: ReviewStore, study: Study, prediction: Any | None) -> None:
+def render(
+    sess: Session, store: ReviewStore, study: Study, prediction: StudyPrediction | None
+) -> None:
     uid = study.study_instance_uid
     history = store.history(uid)
     st.subheader("Review")

@@ -7,18 +7,16 @@ HU array; the zip is never re-read and the model never re-run for a slice or win
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.engine import IN_TRAINING_NOTE
-from core.explain import colorbar_image, render_overlay
+from core.dicom.study import Study
+from core.imaging.volume import ESTIMATE_NOTICE, draw_outline
+from core.imaging.windowing import PRESETS, apply_window
+from core.inference.predictor import IN_TRAINING_NOTE, Predictor, StudyPrediction
 from core.labels import LABELS
-from core.study import Study
-from core.volume import ESTIMATE_NOTICE, draw_outline
-from core.windowing import PRESETS, apply_window
+from core.model.gradcam import colorbar_image, render_overlay
 from dashboard import resources
 from dashboard.text import plain
 
@@ -42,7 +40,7 @@ def _apply_strip_selection(uid: str, slice_key: str, n: int) -> None:
         st.session_state[slice_key] = min(max(chosen[0], 1), n)
 
 
-def _bar_chart(prediction: Any, index: int) -> go.Figure:
+def _bar_chart(prediction: StudyPrediction, index: int) -> go.Figure:
     cnn = (
         [go.Bar(name="slice, CNN alone", x=list(LABELS), y=prediction.cnn_probs[index].tolist())]
         if prediction.context_used
@@ -71,7 +69,7 @@ def _bar_chart(prediction: Any, index: int) -> go.Figure:
     return fig
 
 
-def _strip(prediction: Any, index: int) -> go.Figure:
+def _strip(prediction: StudyPrediction, index: int) -> go.Figure:
     probs = np.asarray(prediction.probs)
     n = probs.shape[0]
     xs = np.arange(1, n + 1)
@@ -118,8 +116,8 @@ def _strip(prediction: Any, index: int) -> go.Figure:
 @st.fragment
 def render(
     study: Study,
-    prediction: Any | None,
-    predictor: Any | None,
+    prediction: StudyPrediction | None,
+    predictor: Predictor | None,
     model_note: str,
     patient: str,
 ) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.store import ReviewStore
-from core.worklist import build_worklist, worklist_csv
+from core.review.store import ReviewStore
+from core.review.worklist import build_worklist, worklist_csv
 from dashboard.state import Session
 
 

@@ -10,15 +10,16 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 
-from core.engine import Predictor, ResultCache
-from core.model import load_checkpoint
-from core.store import DB_NAME, ReviewStore
-from core.study import Study, load_studies, pseudonym
-from core.volume import OUTLINE_RGB
-from core.windowing import apply_window
+from core.dicom.study import Study, load_studies, pseudonym
+from core.imaging.volume import OUTLINE_RGB
+from core.imaging.windowing import apply_window
+from core.inference.predictor import Predictor, ResultCache
+from core.model.checkpoint import load_checkpoint
+from core.review.store import DB_NAME, ReviewStore
 
 FIRST_PREDICTION_TIMEOUT_MS = 120_000  # reading + first model run on 2 CPU cores
 STEP_TIMEOUT_MS = 60_000
@@ -124,6 +125,7 @@ def _full_page_screenshot(page: Page, path: Path) -> None:
         page.set_viewport_size(old)
 
 
+@pytest.mark.slow
 def test_upload_view_scroll_and_heatmap_in_chromium(
     streamlit_server, browser_page, small_zip: Path, output_dir: Path
 ) -> None:
@@ -257,6 +259,7 @@ OUTLINE_STUDY = "ID_b026766696"  # a real study with a large intraparenchymal bl
 OUTLINE_FROM = 0.15  # the P(any) set on the page's slider, a step below the model's default
 
 
+@pytest.mark.slow
 def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     shipped_server, browser_page, study_zips: list[Path], output_dir: Path
 ) -> None:

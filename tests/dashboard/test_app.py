@@ -9,8 +9,8 @@ import pytest
 from dicom_helpers import edit, write_zip
 from streamlit.testing.v1 import AppTest
 
-from core.model import find_default_checkpoint, load_checkpoint
-from core.study import load_studies
+from core.dicom.study import load_studies
+from core.model.checkpoint import find_default_checkpoint, load_checkpoint
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 TIMEOUT = 180
@@ -250,7 +250,7 @@ def test_the_shipped_model_is_the_default(
     assert any(e.label.startswith("Model: ich-resnext101") for e in at.sidebar.expander)
     at = _upload(at, small_zip)
     table = at.main.get("dataframe")[0].value
-    threshold = load_checkpoint(find_default_checkpoint()).card["operating_thresholds"]
+    threshold = load_checkpoint(find_default_checkpoint()).card.operating_thresholds
     cut = threshold["study_any"]  # None: the model has no usable operating point
     flagged = cut is not None and table["P(any)"][0] >= cut
     assert table["Flag"][0] == ("above operating point" if flagged else "")

@@ -1,0 +1,277 @@
+"""Parse one uploaded file into a CT slice in Hounsfield units, or say why it was skipped.
+
+Only this module talks to pydicom. Decoding of compressed transfer syntaxes (JPEG Lossless,
+JPEG-LS, JPEG 2000, RLE) is pydicom's, through the pylibjpeg plugins the package depends on.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from datetime import date
+from enum import Enum
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.uid import MediaStorageDirectoryStorage
+
+from core.dicom.archive import Member, display_name
+
+# Real-world files (the RSNA set among them) carry non-conforming UIDs and values; reading them
+# must not flood the log with pydicom's validation warnings, nor fail.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+HU_MIN = -1024  # air; padding and outside-the-scan-circle values are clipped to this
+HU_MAX = 32767
+
+
+class SkipReason(Enum):
+    """Why a file did not become a slice; the loader counts these per upload."""
+
+    NOT_DICOM = "not DICOM"
+    DICOMDIR = "DICOMDIR index"
+    NO_IMAGE = "DICOM object without an image (report, presentation state…)"
+    UNSUPPORTED = "unsupported image"
+    DAMAGED = "damaged"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    name: str
+    reason: SkipReason
+    detail: str
+
+
+@dataclass(frozen=True, eq=False)
+class RawSlice:
+    """One image file's metadata (DICOM attributes as read) and, for CT, its HU pixels."""
+
+    name: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+    instance_number: int | None
+    position: tuple[float, float, float] | None  # ImagePositionPatient
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient (row, col cosines)
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    gantry_tilt: float | None
+    image_type: tuple[str, ...]
+    transfer_syntax: str
+    header: dict[str, str]  # study/series/patient attributes, same for every slice of a series
+    hu: np.ndarray | None  # int16 (rows, columns); None for non-CT
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue):
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
+
+
+def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+    value = ds.get(keyword)
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(np.isfinite(out)) else None
+
+
+def _float(ds: pydicom.Dataset, keyword: str) -> float | None:
+    try:
+        value = float(ds.get(keyword))
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
+
+
+def parse_dicom_date(value: str) -> date | None:
+    """DICOM DA (YYYYMMDD) → date; None when absent or malformed."""
+    try:
+        return date(int(value[:4]), int(value[4:6]), int(value[6:8])) if len(value) >= 8 else None
+    except ValueError:
+        return None
+
+
+HEADER_KEYWORDS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "StudyID",
+    "SeriesDescription",
+    "SeriesNumber",
+    "ConvolutionKernel",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "InstitutionName",
+    "BodyPartExamined",
+    "SpacingBetweenSlices",
+)
+
+
+def read_member(member: Member) -> RawSlice | Skipped:
+    """Parse one file; never raises for bad content (a bad file becomes a Skipped)."""
+    name = display_name(member.name)
+    if member.error:
+        return Skipped(name, SkipReason.DAMAGED, member.error)
+    if member.name.replace("\\", "/").rsplit("/", 1)[-1].upper() == "DICOMDIR":
+        return Skipped(name, SkipReason.DICOMDIR, "DICOMDIR index file")
+    ds = _dcmread(member.data)
+    if ds is None:
+        return Skipped(name, SkipReason.NOT_DICOM, f"{name} is not a DICOM file")
+    sop_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    if ds.get("SOPClassUID", sop_class) == MediaStorageDirectoryStorage:
+        return Skipped(name, SkipReason.DICOMDIR, "DICOMDIR index file")
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        return Skipped(name, SkipReason.NO_IMAGE, f"{name} holds no image")
+    try:
+        return _to_raw_slice(name, ds)
+    except _Unsupported as exc:
+        return Skipped(name, SkipReason.UNSUPPORTED, str(exc))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means: this slice is unusable
+        return Skipped(name, SkipReason.DAMAGED, _damage_message(name, exc))
+
+
+def _dcmread(data: bytes) -> pydicom.Dataset | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(io.BytesIO(data))
+        except InvalidDicomError:
+            pass  # no 'DICM' preamble: old files omit it; accept only if it really is an image
+        except Exception:  # noqa: BLE001 - truncated headers raise many kinds of error
+            return None
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            if "SOPInstanceUID" in ds and "PixelData" in ds and "Rows" in ds:
+                return ds
+        except Exception:  # noqa: BLE001
+            pass
+    return None
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _damage_message(name: str, exc: Exception) -> str:
+    text = str(exc).lower()
+    if (
+        "length" in text
+        or "truncat" in text
+        or "end of" in text
+        or "buffer" in text
+        or "less than expected" in text  # pydicom 3: "number of bytes … is less than expected"
+    ):
+        return f"{name} is truncated (its pixel data is incomplete) and was skipped"
+    if "decod" in text or "plugin" in text or "handler" in text:
+        return f"{name} uses a compression that could not be decoded and was skipped"
+    return f"{name} is damaged and was skipped"
+
+
+def _to_raw_slice(name: str, ds: pydicom.Dataset) -> RawSlice:
+    modality = _text(ds, "Modality").upper()
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if modality == "CT":
+        if frames > 1:
+            raise _Unsupported(
+                f"{name} is a multi-frame (Enhanced CT) object, which this tool cannot read yet"
+            )
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            raise _Unsupported(f"{name} is a colour image, not a CT slice")
+    hu = to_hu(ds) if modality == "CT" else None  # other modalities are refused, not decoded
+    if hu is not None:
+        rows, columns = hu.shape
+    header = {k: _text(ds, k) for k in HEADER_KEYWORDS}
+    number = ds.get("InstanceNumber")
+    try:
+        instance_number = int(number) if number not in (None, "") else None
+    except (TypeError, ValueError):
+        instance_number = None
+    meta = getattr(ds, "file_meta", None)
+    return RawSlice(
+        name=name,
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        modality=modality or "unknown",
+        instance_number=instance_number,
+        position=_floats(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
+        orientation=_floats(ds, "ImageOrientationPatient", 6),
+        rows=rows,
+        columns=columns,
+        pixel_spacing=_floats(ds, "PixelSpacing", 2),  # type: ignore[arg-type]
+        slice_thickness=_float(ds, "SliceThickness"),
+        gantry_tilt=_float(ds, "GantryDetectorTilt"),
+        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
+        transfer_syntax=str(getattr(meta, "TransferSyntaxUID", "")),
+        header=header,
+        hu=hu,
+    )
+
+
+def to_hu(ds: pydicom.Dataset) -> np.ndarray:
+    """Stored pixel values → int16 Hounsfield units, clipped to [-1024, 32767].
+
+    HU = stored × RescaleSlope + RescaleIntercept. Pixels equal to PixelPaddingValue (or within
+    PixelPaddingValue..PixelPaddingRangeLimit) are outside the scan and become air.
+
+    The RSNA 2019 fix: some 12-bit unsigned files (BitsStored 12, PixelRepresentation 0) carry
+    an intercept above -100 with values that wrap at 4096; as in the challenge's public kernels
+    the stored value is shifted by 1000 modulo 4096 and the intercept set to -1000.
+    """
+    stored = ds.pixel_array
+    if stored.ndim != 2:
+        raise _Unsupported("not a single-frame greyscale image")
+    slope = _float(ds, "RescaleSlope") or 1.0
+    intercept = _float(ds, "RescaleIntercept") or 0.0
+    values = stored.astype(np.int32)
+    padding = _padding_mask(ds, values)
+    bits_stored = int(ds.get("BitsStored", 16) or 16)
+    if bits_stored == 12 and int(ds.get("PixelRepresentation", 0)) == 0 and intercept > -100:
+        values += 1000
+        values[values >= 4096] -= 4096
+        intercept = -1000.0
+    if slope == 1.0 and float(intercept).is_integer():
+        hu = values + int(intercept)
+    else:
+        hu = np.rint(values * np.float32(slope) + np.float32(intercept))
+    hu = np.clip(hu, HU_MIN, HU_MAX).astype(np.int16)
+    if padding is not None:
+        hu[padding] = HU_MIN
+    return hu
+
+
+def _padding_mask(ds: pydicom.Dataset, values: np.ndarray) -> np.ndarray | None:
+    pad = ds.get("PixelPaddingValue")
+    if pad is None:
+        return None
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+
+    def as_stored(v: object) -> int:
+        v = int(v)  # type: ignore[call-overload]
+        return v - (1 << bits) if signed and v >= 1 << (bits - 1) else v
+
+    low = as_stored(pad)
+    limit = ds.get("PixelPaddingRangeLimit")
+    high = as_stored(limit) if limit is not None else low
+    low, high = min(low, high), max(low, high)
+    mask = (values >= low) & (values <= high)
+    return mask if mask.any() else None

@@ -1,0 +1,631 @@
+"""Inference engine: one Study (or Series) in, typed per-slice and study-level probabilities out.
+
+Why it is shaped this way:
+
+* The HU stack is already one contiguous array, so each batch's model input is built in one
+  vectorised call (resize once, window per channel); that keeps the time outside the network's
+  forward pass to a few percent, and the slices are scored in batches on every CPU core.
+* Results are cached by the pixels' hash and the weights' identity: reopening a study, or the
+  dashboard rerunning its script, costs nothing, and new weights never reuse old results.
+* Grad-CAM puts hooks on the same model, so forward passes and heatmaps share one lock.
+
+The dashboard keeps one Predictor per process (it wraps ``Predictor.from_default`` in its
+resource cache): the model is loaded once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.dicom.study import Series, Study
+from core.errors import ModelError
+from core.imaging.volume import BleedEstimate, estimate_bleed
+from core.imaging.windowing import model_input
+from core.labels import LABELS
+from core.model.checkpoint import (
+    DEFAULT_WEIGHTS_DIR,
+    LoadedModel,
+    find_default_checkpoint,
+    load_checkpoint,
+)
+from core.model.context import SliceContext, apply_context
+from core.model.gradcam import GradCamExplainer, Heatmap
+
+log = logging.getLogger(__name__)
+
+#: ``progress(done, total)``: slices scored so far out of the series' slice count.
+ProgressCallback = Callable[[int, int], None]
+
+#: Studies whose results the shared cache keeps (each entry is slices × 6 floats: tiny).
+CACHE_ENTRIES = 64
+
+DEFAULT_BATCH_SIZE = 16
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class SlicePrediction:
+    """The model's probabilities for one slice, in LABELS order."""
+
+    index: int  # position in the series, patient-axis order (SliceInfo.index)
+    sop_instance_uid: str
+    z: float
+    probabilities: tuple[float, ...]
+
+    def by_label(self) -> dict[str, float]:
+        return dict(zip(LABELS, self.probabilities, strict=True))
+
+
+@dataclass(frozen=True, eq=False)
+class StudyPrediction:
+    """Per-slice probabilities of one series and the study-level scores derived from them.
+
+    ``probs`` is float32 (slices, 6), read-only (it may be shared with the cache). Without a
+    slice-context model they are the CNN's own, and a study's score for a label is the maximum
+    over its slices (one bleeding slice makes a bleeding study). With one (core.model.context),
+    ``probs`` are the context-refined probabilities, ``cnn_probs`` the CNN's own, the study's
+    'any' score is the context model's study output and the subtypes' the maximum of their
+    refined slice probabilities. ``peak_slice`` is the index of the slice with the highest
+    probability of each label.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    weights_identity: str
+    slices: tuple[SlicePrediction, ...]
+    probs: np.ndarray
+    study_scores: dict[str, float]
+    peak_slice: dict[str, int]
+    seconds: float  # wall time of the predict call that returned this (≈ 0 when cached)
+    cached: bool = False
+    #: The CNN's own per-slice probabilities when a slice-context model refined ``probs``.
+    cnn_probs: np.ndarray | None = None
+
+    @property
+    def context_used(self) -> bool:
+        return self.cnn_probs is not None
+
+    @property
+    def study_method(self) -> str:
+        """How the study-level 'any' score was obtained, for people reading it."""
+        return STUDY_BY_CONTEXT if self.context_used else STUDY_BY_MAX
+
+    @property
+    def top_subtype(self) -> str:
+        """The hemorrhage subtype (not 'any') with the highest study score."""
+        return max(LABELS[1:], key=lambda label: self.study_scores[label])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary with DICOM keywords; carries no patient data."""
+        return {
+            "StudyInstanceUID": self.study_instance_uid,
+            "SeriesInstanceUID": self.series_instance_uid,
+            "probabilities": {k: round(v, 6) for k, v in self.study_scores.items()},
+            "study_score": self.study_method,
+            "peak_slice": dict(self.peak_slice),
+            "top_subtype": self.top_subtype,
+            "slices": [
+                {
+                    "index": s.index,
+                    "SOPInstanceUID": s.sop_instance_uid,
+                    "z": round(s.z, 4),
+                    "probabilities": {k: round(v, 6) for k, v in s.by_label().items()},
+                    **(
+                        {
+                            "cnn_probabilities": {
+                                k: round(float(v), 6)
+                                for k, v in zip(LABELS, self.cnn_probs[i], strict=True)
+                            }
+                        }
+                        if self.cnn_probs is not None
+                        else {}
+                    ),
+                }
+                for i, s in enumerate(self.slices)
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class InferenceTiming:
+    """Where a predict call spent its time; ``forward_s`` is the network alone."""
+
+    n_slices: int
+    total_s: float
+    forward_s: float
+    batch_size: int
+    device: str
+    cached: bool
+
+    @property
+    def outside_forward_share(self) -> float:
+        return 0.0 if self.total_s <= 0 else max(0.0, 1.0 - self.forward_s / self.total_s)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class ResultCache:
+    """Bounded, thread-safe LRU of per-slice probability arrays.
+
+    Concurrent requests for the same key compute once: the others wait for that result
+    (a dashboard rerun while a study is being scored must not score it twice).
+    """
+
+    def __init__(self, max_entries: int = CACHE_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError("a cache needs room for at least one entry")
+        self.max_entries = max_entries
+        self._data: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._pending: dict[Hashable, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def _get(self, key: Hashable) -> np.ndarray | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def get_or_compute(
+        self, key: Hashable, compute: Callable[[], np.ndarray]
+    ) -> tuple[np.ndarray, bool]:
+        """(value, was_cached); ``compute`` runs at most once at a time per key."""
+        value = self._get(key)
+        if value is not None:
+            return value, True
+        with self._lock:
+            key_lock = self._pending.setdefault(key, threading.Lock())
+        with key_lock:
+            value = self._get(key)
+            if value is not None:
+                return value, True
+            try:
+                value = compute()
+                with self._lock:
+                    self._data[key] = value
+                    self._data.move_to_end(key)
+                    while len(self._data) > self.max_entries:
+                        self._data.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._pending.pop(key, None)
+        return value, False
+
+
+#: Shared by every Predictor of the process: a result depends only on pixels and weights.
+RESULT_CACHE = ResultCache()
+
+
+# --------------------------------------------------------------------------- helpers
+
+_cpu_lock = threading.Lock()
+_cpu_configured = False
+
+#: glibc mallopt parameters, and the size below which freed memory stays in the process.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_KEEP_BYTES = 1 << 30
+
+# One lock per model object, so that every Predictor (and its explainer) on a shared model
+# serialises against the others.
+_model_locks: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+def _lock_for(model: nn.Module) -> threading.Lock:
+    with _model_locks_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = _model_locks[model] = threading.Lock()
+        return lock
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity, unlike cpu_count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is absent)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has bf16 units (AMX or AVX-512-BF16). Detected, never assumed: on an
+    AVX2-only CPU bf16 runs about 100× slower than fp32, on these about twice as fast."""
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def keep_large_buffers() -> bool:
+    """Let glibc reuse large freed blocks instead of unmapping them; True when it took effect.
+
+    A batch's activations are tens of MB per layer, above glibc's mmap threshold (at most
+    32 MB, often less), so each one is mapped and unmapped again: every forward pass then
+    page-faults through gigabytes of freshly zeroed pages. Measured here (ResNeXt-101 32x4d,
+    256 px, batch 16, 2 cores): 108 ms/slice with a third of it in the kernel, 68 ms/slice
+    with this. The cost: up to ``_KEEP_BYTES`` of freed memory stays with the process.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt  # glibc only (musl has no mallopt)
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
+    )
+
+
+def _configure_cpu() -> None:
+    """Once per process: torch's intra-op pool on every usable core, large buffers kept."""
+    global _cpu_configured
+    with _cpu_lock:
+        if _cpu_configured:
+            return
+        n = usable_cpus()
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+        if not keep_large_buffers():
+            log.info("could not tune the memory allocator; CPU inference may be slower")
+        _cpu_configured = True
+
+
+def resolve_device(device: str | None) -> str:
+    """'cuda' when a GPU is usable, else 'cpu'; an explicit 'cuda' without one is an error."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelError(
+                "A GPU was requested, but PyTorch finds none on this machine. Run on the CPU "
+                "instead (--device cpu)."
+            )
+        return device
+    if device != "cpu":
+        raise ModelError(f"Unknown device {device!r}: use 'cpu' or 'cuda'.")
+    return device
+
+
+IN_TRAINING_NOTE = (
+    "This study was part of the model's training data: its probabilities are in-sample and "
+    "say nothing about how the model does on new studies."
+)
+
+#: Most slices given a Grad-CAM for localisation (each costs about one forward pass).
+MAX_LOCALISED_SLICES = 24
+
+STUDY_BY_MAX = "maximum over the slices"
+STUDY_BY_CONTEXT = "slice-context model (1-D convolution over the slices in order)"
+
+
+def _build_prediction(
+    series: Series,
+    study_instance_uid: str,
+    identity: str,
+    cnn_probs: np.ndarray,
+    seconds: float,
+    cached: bool,
+    context: SliceContext | None = None,
+) -> StudyPrediction:
+    if context is not None:
+        probs, study_any = apply_context(context, cnn_probs)
+        probs.flags.writeable = False
+    else:
+        probs, study_any = cnn_probs, float(cnn_probs[:, 0].max())
+    peaks = probs.argmax(axis=0)  # first slice reaching the maximum on ties
+    pairs = list(zip(LABELS, peaks, strict=True))
+    slices = tuple(
+        SlicePrediction(
+            index=info.index,
+            sop_instance_uid=info.sop_instance_uid,
+            z=info.z,
+            probabilities=tuple(float(v) for v in row),
+        )
+        for info, row in zip(series.slices, probs, strict=True)
+    )
+    return StudyPrediction(
+        study_instance_uid=study_instance_uid,
+        series_instance_uid=series.series_instance_uid,
+        weights_identity=identity,
+        slices=slices,
+        probs=probs,
+        study_scores={
+            label: study_any if j == 0 else float(probs[p, j]) for j, (label, p) in enumerate(pairs)
+        },
+        peak_slice={label: series.slices[int(p)].index for label, p in pairs},
+        seconds=seconds,
+        cached=cached,
+        cnn_probs=cnn_probs if context is not None else None,
+    )
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+class Predictor:
+    """Scores every slice of a series with one loaded model; safe to share between threads.
+
+    The model is moved to ``device`` and to channels_last memory format in place (the layout
+    the CPU and GPU convolution kernels are fastest with). On the CPU torch uses every usable
+    core; bf16 and torch.compile are deliberately not used there (bf16 was measured about
+    100x slower on CPUs without bf16 units; compiling takes minutes). On a GPU the forward
+    pass runs under fp16 autocast (``half=False`` to turn it off).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        half: bool | None = None,
+        cache: ResultCache | None = None,
+        use_context: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.half = self.device.startswith("cuda") if half is None else half
+        if self.half and not self.device.startswith("cuda"):
+            raise ValueError("fp16 inference is only used on a GPU")
+        if self.device == "cpu":
+            _configure_cpu()
+        self.loaded = loaded
+        self.spec = loaded.spec
+        self.model: nn.Module = loaded.model.to(self.device, memory_format=torch.channels_last)
+        self.model.eval()
+        #: The slice-context model applied to the CNN's output (None: study score = maximum).
+        self.context: SliceContext | None = loaded.context if use_context else None
+        self.cache = RESULT_CACHE if cache is None else cache
+        self.lock = _lock_for(self.model)
+        #: Per-label temperature applied to the logits (the card's calibration).
+        self.temperature = loaded.temperature
+        self.explainer = GradCamExplainer(
+            self.model, self.spec, lock=self.lock, temperature=self.temperature
+        )
+        #: Timing of the latest predict call of this Predictor (any thread).
+        self.last_timing: InferenceTiming | None = None
+
+    @classmethod
+    def from_default(
+        cls,
+        device: str | None = None,
+        *,
+        weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Predictor:
+        """The installed model (newest card in ``weights_dir``); ModelError when there is none."""
+        card = find_default_checkpoint(weights_dir)
+        if card is None:
+            raise ModelError(
+                "No trained model is installed: the weights folder "
+                f"({_shown(Path(weights_dir))}) holds no model card (.json). Copy a trained "
+                "model's card and .safetensors files there; heatmaps and probabilities are "
+                "not available until then."
+            )
+        resolved = resolve_device(device)
+        return cls(load_checkpoint(card, device=resolved), device=resolved, batch_size=batch_size)
+
+    @property
+    def weights_identity(self) -> str:
+        return self.loaded.weights_identity
+
+    def cache_key(self, series: Series) -> tuple[Hashable, ...]:
+        """Pixels × weights (plus what else changes the numbers: input size, windows, fp16)."""
+        return (
+            series.pixel_hash,
+            self.weights_identity,
+            self.spec.input_size,
+            self.spec.windows,
+            self.temperature,
+            "fp16" if self.half else "fp32",
+        )
+
+    def warm_up(self) -> None:
+        """One small forward pass, so the first study does not pay for kernel selection."""
+        size = self.spec.input_size
+        x = torch.zeros(1, 3, size, size).contiguous(memory_format=torch.channels_last)
+        self.forward(x)
+
+    def predict(
+        self,
+        source: Study | Series,
+        progress: ProgressCallback | None = None,
+        *,
+        study_instance_uid: str | None = None,
+    ) -> StudyPrediction:
+        """Probabilities for every slice of a Study's default series (or of the Series given,
+        with its ``study_instance_uid``); from the cache when these pixels were scored by
+        these weights before."""
+        start = time.perf_counter()
+        if isinstance(source, Study):
+            series = source.default_series
+            study_uid = source.study_instance_uid
+        elif isinstance(source, Series):
+            if study_instance_uid is None:
+                raise ValueError("predict(series) needs the series' study_instance_uid")
+            series, study_uid = source, study_instance_uid
+        else:
+            raise TypeError(f"expected a Study or a Series, got {type(source).__name__}")
+        n = series.n_slices
+        forward_s = 0.0
+
+        def compute() -> np.ndarray:
+            nonlocal forward_s
+            probs, forward_s = self._score(series, progress)
+            return probs
+
+        probs, cached = self.cache.get_or_compute(self.cache_key(series), compute)
+        if cached and progress is not None:
+            progress(n, n)
+        seconds = time.perf_counter() - start
+        self.last_timing = InferenceTiming(
+            n_slices=n,
+            total_s=seconds,
+            forward_s=forward_s,
+            batch_size=self.batch_size,
+            device=self.device,
+            cached=cached,
+        )
+        if not cached:
+            log.info(
+                "scored %d slices in %.2f s (%.0f%% in the network) on %s",
+                n,
+                seconds,
+                100 * forward_s / seconds if seconds else 0,
+                self.device,
+            )
+        return _build_prediction(
+            series, study_uid, self.weights_identity, probs, seconds, cached, self.context
+        )
+
+    def explain(self, series: Series, slice_index: int, label: str) -> Heatmap:
+        """Grad-CAM of ``label`` on one slice (its index in the series), on the slice's grid."""
+        if not 0 <= slice_index < series.n_slices:
+            raise IndexError(
+                f"slice {slice_index} is outside this series (0..{series.n_slices - 1})"
+            )
+        return self.explainer.explain(series.hu[slice_index], label)
+
+    def seen_in_training(self, study_instance_uid: str) -> bool:
+        """Whether the card lists this study among the model's training studies: its
+        probabilities are then in-sample and say nothing about how the model does on new
+        studies."""
+        split = self.loaded.card.split or {}
+        return study_instance_uid in set(split.get("train_study_uids") or ())
+
+    @property
+    def study_threshold(self) -> float | None:
+        """The card's operating threshold for the study P(any), or None when it records none."""
+        value = self.loaded.card.threshold("study_any")
+        return float(value) if isinstance(value, int | float) and 0 < value < 1 else None
+
+    @property
+    def slice_threshold(self) -> float:
+        """P(any) from which a slice counts as flagged: the card's operating threshold (chosen
+        on cross-validation data), else 0.5."""
+        value = self.loaded.card.threshold("slice_any")
+        return float(value) if isinstance(value, int | float) and 0 < value < 1 else 0.5
+
+    def localise(
+        self,
+        series: Series,
+        prediction: StudyPrediction,
+        *,
+        label: str = "any",
+        threshold: float | None = None,
+        max_slices: int = MAX_LOCALISED_SLICES,
+    ) -> BleedEstimate:
+        """Candidate bleed mask and volume on the slices flagged for ``label`` (at most
+        ``max_slices``, the most probable), each gated by its Grad-CAM map (core.imaging.volume)."""
+        j = LABELS.index(label)
+        cut = self.slice_threshold if threshold is None else threshold
+        p = np.asarray(prediction.probs)[:, j]
+        flagged = [int(i) for i in np.argsort(-p, kind="stable")[:max_slices] if p[i] >= cut]
+        cams = {i: self.explain(series, i, label).cam for i in flagged}
+        spacing = series.pixel_spacing or (1.0, 1.0)
+        estimate = estimate_bleed(series.hu, [s.z for s in series.slices], spacing, flagged, cams)
+        return dataclasses.replace(estimate, threshold=float(cut))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities (float32, CPU) of a model-ready batch (n, 3, size, size):
+        sigmoid(logit / T) with the card's temperatures; under the model's lock."""
+        x = x.to(self.device, non_blocking=True)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
+        with self.lock, torch.inference_mode(), autocast:
+            logits = self.model(x).float()
+            t = torch.tensor(self.temperature, dtype=torch.float32, device=logits.device)
+            return torch.sigmoid(logits / t).cpu()
+
+    # ----------------------------------------------------------------------- internals
+
+    def _score(self, series: Series, progress: ProgressCallback | None) -> tuple[np.ndarray, float]:
+        """(probs, seconds in the network) for every slice, batch by batch."""
+        n = series.n_slices
+        out = np.empty((n, len(LABELS)), dtype=np.float32)
+        forward_s = 0.0
+        if progress is not None:
+            progress(0, n)
+        for lo in range(0, n, self.batch_size):
+            hi = min(n, lo + self.batch_size)
+            x = model_input(series.hu[lo:hi], self.spec.input_size, self.spec.windows)
+            x = x.contiguous(memory_format=torch.channels_last)
+            t = time.perf_counter()
+            out[lo:hi] = self.forward(x).numpy()
+            forward_s += time.perf_counter() - t
+            if progress is not None:
+                progress(hi, n)
+        if not np.isfinite(out).all():
+            raise ModelError(
+                "The model produced invalid numbers (NaN or infinity) on this series; no "
+                "probabilities are shown. The weights may be damaged: re-install the model."
+            )
+        out.flags.writeable = False
+        return out, forward_s
+
+
+def _shown(path: Path) -> str:
+    """A folder as a person recognises it: relative to the project when it lies inside."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        return str(path.resolve().relative_to(root)) + "/"
+    except ValueError:
+        return str(path)
+
+
+__all__ = [
+    "CACHE_ENTRIES",
+    "RESULT_CACHE",
+    "InferenceTiming",
+    "Predictor",
+    "ProgressCallback",
+    "ResultCache",
+    "SlicePrediction",
+    "StudyPrediction",
+    "resolve_device",
+    "usable_cpus",
+]

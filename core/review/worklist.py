@@ -1,0 +1,118 @@
+"""The worklist: one row per study, most suspicious first, patient masked unless asked.
+
+Rows come from the studies open in this session and from those saved before (ReviewStore), so
+a radiologist sees both; the newest review of each study gives its status.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+from core.dicom.study import Study, pseudonym
+from core.labels import LABELS
+from core.review.store import Review, StudyRecord
+
+
+@dataclass(frozen=True)
+class WorklistEntry:
+    study_instance_uid: str
+    patient: str  # pseudonym unless the user chose to show identities
+    study_date: str  # ISO date or ""
+    n_slices: int
+    p_any: float | None  # study-level probability of any hemorrhage; None without a model
+    top_subtype: str  # subtype (not 'any') with the highest study score, or ""
+    p_top_subtype: float | None
+    review: str  # "not reviewed" or the latest overall call, reviewer and date
+    in_session: bool  # images available now (else: saved before, upload again to view)
+
+
+def top_subtype(scores: Mapping[str, float] | None) -> tuple[str, float | None]:
+    if not scores:
+        return "", None
+    name = max(LABELS[1:], key=lambda label: scores.get(label, -1.0))
+    return name, scores.get(name)
+
+
+def review_status(review: Review | None) -> str:
+    if review is None:
+        return "not reviewed"
+    when = review.created_at.strftime("%Y-%m-%d %H:%M") if review.created_at else ""
+    return f"{review.overall} · {review.reviewer} · {when}".strip(" ·")
+
+
+def build_worklist(
+    studies: Iterable[Study],
+    scores: Mapping[str, Mapping[str, float]],
+    saved: Iterable[StudyRecord],
+    reviews: Mapping[str, Review],
+    show_identity: bool = False,
+    salt: str = "",
+) -> list[WorklistEntry]:
+    """All studies, sorted by suspicion: P(any) high to low, studies without scores last."""
+    entries: dict[str, WorklistEntry] = {}
+    for rec in saved:
+        sub, p_sub = top_subtype(rec.study_scores)
+        if show_identity:
+            who = " · ".join(p for p in (rec.patient_name.replace("^", " "), rec.patient_id) if p)
+        else:
+            who = pseudonym(rec.patient_id or rec.study_instance_uid, salt)
+        entries[rec.study_instance_uid] = WorklistEntry(
+            study_instance_uid=rec.study_instance_uid,
+            patient=who,
+            study_date=rec.study_date or "",
+            n_slices=rec.n_slices,
+            p_any=(rec.study_scores or {}).get("any"),
+            top_subtype=sub,
+            p_top_subtype=p_sub,
+            review=review_status(reviews.get(rec.study_instance_uid)),
+            in_session=False,
+        )
+    for study in studies:
+        uid = study.study_instance_uid
+        study_scores = scores.get(uid)
+        sub, p_sub = top_subtype(study_scores)
+        entries[uid] = WorklistEntry(
+            study_instance_uid=uid,
+            patient=study.patient_label(show_identity, salt),
+            study_date=study.study_date.isoformat() if study.study_date else "",
+            n_slices=study.default_series.n_slices,
+            p_any=(study_scores or {}).get("any"),
+            top_subtype=sub,
+            p_top_subtype=p_sub,
+            review=review_status(reviews.get(uid)),
+            in_session=True,
+        )
+    return sorted(
+        entries.values(),
+        key=lambda e: (e.p_any is None, -(e.p_any or 0.0), e.study_date, e.study_instance_uid),
+    )
+
+
+def worklist_csv(entries: Iterable[WorklistEntry]) -> str:
+    """The worklist as CSV (what the user sees: patient column masked unless unmasked)."""
+    out = io.StringIO()
+    fields = list(WorklistEntry.__dataclass_fields__)
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for e in entries:
+        writer.writerow({k: _cell(v) for k, v in asdict(e).items()})
+    return out.getvalue()
+
+
+#: A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """Text that a spreadsheet would execute is prefixed with an apostrophe (OWASP's advice);
+    numbers and other text pass unchanged.
+
+    >>> print(_cell('=HYPERLINK("http://x")'), _cell("no hemorrhage"), _cell(-0.5))
+    '=HYPERLINK("http://x") no hemorrhage -0.5
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value

@@ -1,0 +1,510 @@
+"""Bad and unusual uploads: unsafe zips, damaged files, non-CT content, odd series.
+
+Each test builds a small zip in tmp_path (from a few real RSNA slices where a study is needed)
+and checks the message the user would read, not only the exception type.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_helpers import Files, edit, read_ds, write_ds, write_zip, zip_bytes
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import (
+    BasicTextSRStorage,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+    MRImageStorage,
+)
+
+from core.dicom.archive import ArchiveLimits, iter_members
+from core.dicom.study import Study, load_studies
+from core.errors import InputError, NoImagesError, UnsafeArchiveError
+
+STUDY = "ID_1acc4b6d6c"  # 12-bit unsigned, axial, not tilted, ~5 mm apart
+OTHER_STUDY = "ID_0e5e6bc3c1"  # 16-bit signed, tilted
+N_SLICES = 8  # consecutive slices from the middle of STUDY, in head order
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _only(studies: list[Study]) -> Study:
+    assert len(studies) == 1, f"expected one study, got {len(studies)}"
+    return studies[0]
+
+
+def _all_warnings(study: Study) -> str:
+    return "\n".join([*study.warnings, *(w for s in study.series for w in s.warnings)])
+
+
+def _slices_in_head_order(zip_path: Path, n: int) -> Files:
+    """n consecutive slices from the middle of a real study, sorted along z."""
+    with zipfile.ZipFile(zip_path) as zf:
+        files = [(name, zf.read(name)) for name in zf.namelist() if name.endswith(".dcm")]
+    files.sort(key=lambda f: float(read_ds(f[1]).ImagePositionPatient[2]))
+    start = (len(files) - n) // 2
+    return files[start : start + n]
+
+
+@pytest.fixture(scope="module")
+def zips(study_zips: list[Path]) -> dict[str, Path]:
+    return {p.stem: p for p in study_zips}
+
+
+@pytest.fixture(scope="module")
+def series(zips) -> Files:
+    """N_SLICES consecutive real slices of STUDY, in head order (member names as in the zip)."""
+    return _slices_in_head_order(zips[STUDY], N_SLICES)
+
+
+@pytest.fixture(scope="module")
+def other_series(zips) -> Files:
+    return _slices_in_head_order(zips[OTHER_STUDY], 4)
+
+
+# --------------------------------------------------------------------------- zip safety
+
+
+def test_zip_bomb_is_rejected(series, tmp_path) -> None:
+    files = [*series[:2], ("payload.bin", bytes(50 << 20))]  # 50 MB of zeros, ~50 kB deflated
+    path = write_zip(files, tmp_path / "bomb.zip")
+    assert path.stat().st_size < 2 << 20
+    with pytest.raises(UnsafeArchiveError) as info:
+        load_studies(path)
+    message = str(info.value)
+    assert "zip bomb" in message and "200:1" in message and "rejected" in message
+
+
+def test_too_many_members(series) -> None:
+    files = [(f"slice{i}.dcm", series[0][1]) for i in range(6)]
+    with pytest.raises(UnsafeArchiveError) as info:
+        load_studies(zip_bytes(files), limits=ArchiveLimits(max_members=5))
+    assert "holds 6 files, more than the 5 allowed" in str(info.value)
+
+
+def test_total_uncompressed_size_over_limit() -> None:
+    files = [(f"part{i}.bin", bytes(1 << 20)) for i in range(3)]  # stored: no ratio to trip
+    with pytest.raises(UnsafeArchiveError) as info:
+        load_studies(
+            zip_bytes(files, zipfile.ZIP_STORED), limits=ArchiveLimits(max_total_bytes=2 << 20)
+        )
+    assert "would unpack to 3 MB, more than the 2 MB allowed" in str(info.value)
+
+
+def test_one_member_over_the_per_file_limit(series) -> None:
+    files = [*series[:2], ("huge.bin", bytes(3 << 20))]
+    with pytest.raises(UnsafeArchiveError) as info:
+        load_studies(
+            zip_bytes(files, zipfile.ZIP_STORED), limits=ArchiveLimits(max_member_bytes=2 << 20)
+        )
+    message = str(info.value)
+    assert "huge.bin would unpack to 3 MB, more than one file may" in message
+
+
+def test_member_whose_header_lies_about_its_size(series) -> None:
+    """A 50 MB member whose local and central headers both declare 1000 bytes slips past the
+    ratio check; it must not inflate past what it declares, and the real slices still load."""
+    files = [*series[:3], ("bomb.bin", bytes(50 << 20))]
+    data = bytearray(zip_bytes(files))
+    info = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("bomb.bin")
+    assert data[info.header_offset : info.header_offset + 4] == b"PK\x03\x04"
+    struct.pack_into("<I", data, info.header_offset + 22, 1000)  # local header: uncompressed size
+    central = data.rfind(b"PK\x01\x02")  # bomb.bin is the last central directory record
+    assert data[central + 46 : central + 54] == b"bomb.bin"
+    struct.pack_into("<I", data, central + 24, 1000)  # central directory: uncompressed size
+    assert zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("bomb.bin").file_size == 1000
+
+    sizes = {m.name: len(m.data) for m in iter_members(bytes(data))}
+    assert sizes["bomb.bin"] <= 1000
+    study = _only(load_studies(bytes(data)))
+    assert study.default_series.n_slices == 3
+    text = _all_warnings(study)
+    assert "bomb.bin is damaged inside the zip and was skipped." in text
+    assert ".." not in text
+
+
+def test_member_names_are_never_used_as_paths(series, tmp_path, monkeypatch) -> None:
+    names = ["../../etc/passwd", "/abs/path.dcm", "..\\..\\x.dcm"]
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)  # "../../etc/passwd" would land in tmp_path/etc/passwd
+    path = write_zip(
+        [(n, data) for n, (_, data) in zip(names, series[:3], strict=True)], tmp_path / "evil.zip"
+    )
+    assert zipfile.ZipFile(path).namelist() == names
+    tmp_dir = Path(tempfile.gettempdir())
+
+    def snapshot() -> set[str]:
+        return {str(p) for p in tmp_path.parent.iterdir()} | {str(p) for p in tmp_path.rglob("*")}
+
+    before = snapshot()
+    study = _only(load_studies(path))
+    assert snapshot() == before, "loading wrote files"
+    assert not (tmp_path / "etc").exists() and not Path("passwd").exists()
+    assert not (tmp_dir / "passwd").exists() and not Path("/abs").exists()
+    sources = {s.source for s in study.default_series.slices}
+    assert sources == {"passwd", "path.dcm", "x.dcm"}
+    assert not any(c in src for src in sources for c in ("/", "\\", ".."))
+
+
+def test_encrypted_zip_asks_for_no_password(series) -> None:
+    data = bytearray(zip_bytes(series[:2]))
+    zf = zipfile.ZipFile(io.BytesIO(bytes(data)))
+    for info in zf.infolist():  # local headers: general purpose flag at offset 6
+        assert data[info.header_offset : info.header_offset + 4] == b"PK\x03\x04"
+        flags = struct.unpack_from("<H", data, info.header_offset + 6)[0]
+        struct.pack_into("<H", data, info.header_offset + 6, flags | 0x1)
+    pos = zf.start_dir
+    for _ in zf.infolist():  # central directory: flag at offset 8
+        assert data[pos : pos + 4] == b"PK\x01\x02"
+        flags = struct.unpack_from("<H", data, pos + 8)[0]
+        struct.pack_into("<H", data, pos + 8, flags | 0x1)
+        n, m, k = struct.unpack_from("<HHH", data, pos + 28)
+        pos += 46 + n + m + k
+    assert all(i.flag_bits & 0x1 for i in zipfile.ZipFile(io.BytesIO(bytes(data))).infolist())
+    with pytest.raises(InputError) as info:
+        load_studies(bytes(data))
+    assert "password" in str(info.value) and "without a password" in str(info.value)
+
+
+# --------------------------------------------------------------------------- unreadable input
+
+
+def test_empty_inputs(tmp_path) -> None:
+    with pytest.raises(InputError) as info:
+        load_studies(zip_bytes([]))
+    assert "empty" in str(info.value) and "holds no files" in str(info.value)
+    with pytest.raises(InputError) as info:
+        load_studies(b"")
+    assert "empty (0 bytes)" in str(info.value)
+    folders_only = io.BytesIO()
+    with zipfile.ZipFile(folders_only, "w") as zf:
+        zf.mkdir("study/")
+    with pytest.raises(InputError) as info:
+        load_studies(folders_only.getvalue())
+    assert "empty" in str(info.value)
+    with pytest.raises(InputError) as info:
+        load_studies(tmp_path / "missing.zip")
+    assert "Nothing found at missing.zip" in str(info.value)
+
+
+def test_bytes_that_are_neither_zip_nor_dicom() -> None:
+    with pytest.raises(NoImagesError) as info:
+        load_studies(b"%PDF-1.4 this is a report, not a study\n" * 20)
+    message = str(info.value)
+    assert "no CT images" in message and "not DICOM" in message
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.999])
+def test_truncated_zip_is_reported_damaged(series, tmp_path, keep) -> None:
+    data = zip_bytes(series[:3])
+    cut = data[: int(len(data) * keep)]
+    with pytest.raises(InputError) as info:
+        load_studies(cut)
+    assert "damaged" in str(info.value), str(info.value)
+    path = tmp_path / "cut.zip"
+    path.write_bytes(cut)
+    with pytest.raises(InputError) as info:
+        load_studies(path)
+    assert "damaged" in str(info.value), str(info.value)
+
+
+def test_zip_of_photos_holds_no_ct(tmp_path) -> None:
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    png, jpg = io.BytesIO(), io.BytesIO()
+    photo.save(png, format="PNG")
+    photo.save(jpg, format="JPEG")
+    files = [
+        ("holiday/beach.png", png.getvalue()),
+        ("holiday/sunset.jpg", jpg.getvalue()),
+        ("holiday/notes.txt", b"not a CT\n"),
+    ]
+    with pytest.raises(NoImagesError) as info:
+        load_studies(write_zip(files, tmp_path / "photos.zip"))
+    message = str(info.value)
+    assert "no CT images" in message
+    assert "3 file(s) skipped as not DICOM" in message
+    assert "beach.png" in message and "sunset.jpg" in message and "notes.txt" in message
+    assert "holiday/" not in message
+
+
+# --------------------------------------------------------------------------- other modalities
+
+
+def _as_modality(modality: str, sop_class: str, series_uid: str | None = None):
+    def change(ds: pydicom.Dataset) -> None:
+        ds.Modality = modality
+        ds.SOPClassUID = sop_class
+        ds.file_meta.MediaStorageSOPClassUID = sop_class
+        if series_uid:
+            ds.SeriesInstanceUID = series_uid
+            ds.SOPInstanceUID = ds.SOPInstanceUID + "." + modality
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("modality", "sop_class"),
+    [
+        ("MR", MRImageStorage),
+        ("CR", ComputedRadiographyImageStorage),
+        ("DX", DigitalXRayImageStorageForPresentation),
+    ],
+)
+def test_non_ct_upload_is_refused(series, modality, sop_class) -> None:
+    files = [(n, edit(d, _as_modality(modality, sop_class))) for n, d in series[:3]]
+    with pytest.raises(NoImagesError) as info:
+        load_studies(zip_bytes(files))
+    message = str(info.value)
+    assert f"holds {modality} images, not CT" in message and "CT only" in message
+
+
+def test_mixed_ct_and_mr_loads_the_ct(series) -> None:
+    mr = [
+        (f"mr/{i}.dcm", edit(d, _as_modality("MR", MRImageStorage, "1.2.3.MR")))
+        for i, (_, d) in enumerate(series[:2])
+    ]
+    study = _only(load_studies(zip_bytes([*series[:4], *mr])))
+    assert len(study.series) == 1 and study.default_series.modality == "CT"
+    assert study.default_series.n_slices == 4
+    assert any(
+        "other modalities were left out" in w and "CT only" in w and "2 MR image(s)" in w
+        for w in study.warnings
+    ), study.warnings
+
+
+# --------------------------------------------------------------------------- non-image files
+
+
+def _dicomdir_bytes() -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.FileSetID = "STUDY"
+    ds.DirectoryRecordSequence = []
+    return write_ds(ds)
+
+
+def _text_report_bytes(study_uid: str) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.2"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = BasicTextSRStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "SR"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.3"
+    ds.ValueType = "CONTAINER"
+    ds.TextValue = "No acute intracranial hemorrhage."
+    return write_ds(ds)
+
+
+def test_dicomdir_and_report_are_skipped_and_counted(series) -> None:
+    study_uid = read_ds(series[0][1]).StudyInstanceUID
+    files = [
+        *series[:3],
+        ("DICOMDIR", _dicomdir_bytes()),
+        ("export/INDEX.dcm", _dicomdir_bytes()),  # a DICOMDIR by its SOP class, not its name
+        ("export/report.dcm", _text_report_bytes(study_uid)),
+    ]
+    study = _only(load_studies(zip_bytes(files)))
+    assert study.default_series.n_slices == 3
+    text = "\n".join(study.warnings)
+    assert "2 file(s) skipped as DICOMDIR index: DICOMDIR, INDEX.dcm." in text, text
+    assert "1 file(s) skipped as DICOM object without an image" in text and "report.dcm" in text
+
+
+# --------------------------------------------------------------------------- odd series
+
+
+def test_single_slice_loads_with_a_warning(series) -> None:
+    study = _only(load_studies(zip_bytes(series[:1])))
+    assert study.default_series.n_slices == 1
+    assert any("single slice" in w for w in study.default_series.warnings)
+
+
+def test_slice_of_another_size_is_skipped(series) -> None:
+    def shrink(ds: pydicom.Dataset) -> None:
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[::2, ::2]).tobytes()
+        ds.Rows, ds.Columns = 256, 256
+
+    name, data = series[2]
+    files = [*series[:2], ("small.dcm", edit(data, shrink)), *series[3:5]]
+    study = _only(load_studies(zip_bytes(files)))
+    s = study.default_series
+    assert s.shape == (4, 512, 512)
+    text = "\n".join(s.warnings)
+    assert "1 slice(s) of another size than the series' 512×512 were skipped" in text
+    assert "small.dcm, 256×256" in text
+
+
+def test_truncated_slice_and_random_bytes_among_good_slices(series) -> None:
+    name, data = series[2]
+    pixel_data = data.rfind(b"\xe0\x7f\x10\x00")  # (7FE0,0010) PixelData tag
+    assert pixel_data > 0
+    cut = data[: pixel_data + (len(data) - pixel_data) // 2]
+    noise = np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    files = [*series[:2], ("cut.dcm", cut), *series[3:5], ("x.dcm", noise)]
+    study = _only(load_studies(zip_bytes(files)))
+    assert study.default_series.n_slices == 4
+    text = _all_warnings(study)
+    assert "cut.dcm is truncated" in text, text
+    assert "1 file(s) skipped as not DICOM: x.dcm." in text, text
+
+
+def test_missing_positions_fall_back_to_instance_number(series) -> None:
+    def without_position(number: int):
+        def change(ds: pydicom.Dataset) -> None:
+            del ds.ImagePositionPatient
+            ds.InstanceNumber = number
+
+        return change
+
+    # InstanceNumber follows the head; the members are stored in reverse, so file order is wrong.
+    files = [
+        (f"{i:02d}.dcm", edit(d, without_position(i + 1))) for i, (_, d) in enumerate(series[:5])
+    ]
+    study = _only(load_studies(zip_bytes(files[::-1])))
+    s = study.default_series
+    expected = [read_ds(d).SOPInstanceUID for _, d in series[:5]]
+    assert [x.sop_instance_uid for x in s.slices] == expected
+    assert [x.instance_number for x in s.slices] == [1, 2, 3, 4, 5]
+    assert any("InstanceNumber" in w and "no ImagePositionPatient" in w for w in s.warnings)
+
+
+def test_missing_positions_and_numbers_fall_back_to_file_names(series) -> None:
+    def strip(ds: pydicom.Dataset) -> None:
+        del ds.ImagePositionPatient
+
+    files = [(f"img{i + 1}.dcm", edit(d, strip)) for i, (_, d) in enumerate(series[:3])]
+    s = _only(load_studies(zip_bytes(files[::-1]))).default_series
+    assert [x.source for x in s.slices] == ["img1.dcm", "img2.dcm", "img3.dcm"]
+    assert any("file-name order" in w for w in s.warnings)
+
+
+def test_gap_in_the_series_is_reported(series) -> None:
+    files = [*series[:3], *series[4:6]]  # slice 4 of 6 is missing
+    s = _only(load_studies(zip_bytes(files))).default_series
+    assert s.n_slices == 5
+    gaps = [w for w in s.warnings if "Gap" in w]
+    assert len(gaps) == 1 and "between slices 3 and 4" in gaps[0] and "may be missing" in gaps[0]
+
+
+def test_duplicate_positions_are_reported(series) -> None:
+    def copy_of(ds: pydicom.Dataset) -> None:
+        ds.SOPInstanceUID = ds.SOPInstanceUID + ".copy"
+
+    files = [*series[:3], ("again.dcm", edit(series[1][1], copy_of))]
+    s = _only(load_studies(zip_bytes(files))).default_series
+    assert s.n_slices == 4
+    assert any("same position" in w for w in s.warnings), s.warnings
+    assert not any("Gap" in w for w in s.warnings)
+
+
+def test_the_same_file_twice_is_read_once(series) -> None:
+    files = [*series[:3], ("copy/of/first.dcm", series[0][1])]
+    study = _only(load_studies(zip_bytes(files)))
+    assert study.default_series.n_slices == 3
+    assert any("1 file(s) repeated an image already read" in w for w in study.warnings)
+
+
+# --------------------------------------------------------------------------- studies and series
+
+
+def test_two_studies_in_one_zip_are_kept_apart(series, other_series) -> None:
+    studies = load_studies(zip_bytes([*series[:4], *other_series]))
+    assert len(studies) == 2
+    by_uid = {s.study_instance_uid: s for s in studies}
+    for files in (series[:4], other_series):
+        first = read_ds(files[0][1])
+        study = by_uid[first.StudyInstanceUID]
+        assert len(study.series) == 1
+        assert study.default_series.series_instance_uid == first.SeriesInstanceUID
+        assert {x.sop_instance_uid for x in study.default_series.slices} == {
+            read_ds(d).SOPInstanceUID for _, d in files
+        }
+
+
+def _sagittal(ds: pydicom.Dataset) -> None:
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    x = float(ds.ImagePositionPatient[2])  # spread the slices along x instead of z
+    ds.ImagePositionPatient = [x, -120, 100]
+
+
+def _localizer(ds: pydicom.Dataset) -> None:
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+
+
+def _thin(ds: pydicom.Dataset) -> None:
+    ds.SliceThickness = "0.625"
+
+
+@pytest.mark.parametrize(
+    "variant", [_sagittal, _localizer, _thin], ids=["sagittal", "localizer", "thin"]
+)
+def test_default_series_is_the_axial_one(series, variant) -> None:
+    """Split one real series in two: 3 axial slices stay, 5 become another series with more
+    slices (sagittal, localizer or thin), which must not be chosen by default."""
+
+    def other(ds: pydicom.Dataset) -> None:
+        ds.SeriesInstanceUID = ds.SeriesInstanceUID + ".2"
+        ds.SeriesNumber = 2
+        ds.SeriesDescription = "OTHER"
+        variant(ds)
+
+    def axial(ds: pydicom.Dataset) -> None:
+        ds.SeriesNumber = 1
+        ds.SeriesDescription = "AXIAL 5mm"
+
+    main = [(n, edit(d, axial)) for n, d in series[:3]]
+    second = [(f"other/{i}.dcm", edit(d, other)) for i, (_, d) in enumerate(series[3:8])]
+    study = _only(load_studies(zip_bytes([*main, *second])))
+    assert len(study.series) == 2
+    assert sorted(s.n_slices for s in study.series) == [3, 5]
+    default = study.default_series
+    assert default.description == "AXIAL 5mm" and default.n_slices == 3 and default.is_axial
+    assert any("This study has 2 CT series; series 1 'AXIAL 5mm'" in w for w in study.warnings)
+
+
+# --------------------------------------------------------------------------- folder and bytes
+
+
+def test_folder_and_bytes_give_the_same_slices_as_the_zip(series, tmp_path) -> None:
+    path = write_zip(series[:5], tmp_path / "study.zip")
+    root = tmp_path / "upload" / "disk" / "nested"
+    with zipfile.ZipFile(path) as zf:
+        zf.extractall(root)
+    renamed = 0
+    for file in list(root.rglob("*.dcm")):
+        file.rename(file.with_suffix(""))  # CD exports often have no extension
+        renamed += 1
+    assert renamed == 5 and not list(root.rglob("*.dcm"))
+
+    from_zip = _only(load_studies(path)).default_series
+    from_folder = _only(load_studies(tmp_path / "upload")).default_series
+    from_bytes = _only(load_studies(path.read_bytes())).default_series
+    for other in (from_folder, from_bytes):
+        assert [s.sop_instance_uid for s in other.slices] == [
+            s.sop_instance_uid for s in from_zip.slices
+        ]
+        assert np.array_equal(other.hu, from_zip.hu)
+    assert all("." not in s.source for s in from_folder.slices)
+    assert all(os.path.sep not in s.source for s in from_folder.slices)

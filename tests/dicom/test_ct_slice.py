@@ -1,0 +1,249 @@
+"""core.dicom.ct_slice on real RSNA slices: compressed transfer syntaxes decode to the same HU as
+the uncompressed originals, the RSNA 12-bit wrap-around fix, and PixelPaddingValue.
+
+The shared data holds no compressed file, so each test encodes copies of real slices itself:
+RLE, JPEG-LS and JPEG 2000 with pydicom (pylibjpeg-rle, pyjpegls, pylibjpeg-openjpeg) and
+JPEG Lossless SV1 with GDCM, which is the only installed encoder for that syntax.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_helpers import read_ds, write_ds, write_zip
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+from core.dicom.archive import Member
+from core.dicom.ct_slice import RawSlice, read_member, to_hu
+from core.dicom.study import load_studies
+
+# The two pixel formats of the RSNA set (checked in test_the_two_real_pixel_formats):
+UNSIGNED_12 = "ID_1acc4b6d6c"  # BitsStored 12, PixelRepresentation 0, implicit VR little endian
+SIGNED_16 = "ID_0e5e6bc3c1"  # BitsStored 16, PixelRepresentation 1, explicit VR little endian
+N_SLICES = 4  # slices per study used here: enough for a series, fast to encode
+
+COMPRESSED = [RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1]
+
+
+@pytest.fixture(scope="module")
+def real_slices(study_zips: list[Path]) -> dict[str, list[tuple[str, bytes]]]:
+    """The first N_SLICES files (by name) of each of the two studies, as (member name, bytes)."""
+    by_id = {p.stem: p for p in study_zips}
+    out: dict[str, list[tuple[str, bytes]]] = {}
+    for study_id in (UNSIGNED_12, SIGNED_16):
+        with zipfile.ZipFile(by_id[study_id]) as zf:
+            names = sorted(n for n in zf.namelist() if n.endswith(".dcm"))[:N_SLICES]
+            out[study_id] = [(n, zf.read(n)) for n in names]
+    return out
+
+
+def _compress(data: bytes, syntax: UID, workdir: Path) -> bytes:
+    """A copy of one DICOM file in ``syntax``, encoded by pydicom or (JPEG Lossless SV1) GDCM."""
+    if syntax == JPEGLosslessSV1:
+        import gdcm  # python-gdcm: pydicom has no encoder for JPEG Lossless
+
+        src, dst = workdir / "gdcm_in.dcm", workdir / "gdcm_out.dcm"
+        src.write_bytes(data)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(src))
+        assert reader.Read(), "GDCM could not read the real slice"
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+        change.SetInput(reader.GetImage())
+        assert change.Change(), "GDCM could not encode JPEG Lossless SV1"
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(dst))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        assert writer.Write(), "GDCM could not write the JPEG Lossless file"
+        return dst.read_bytes()
+    ds = read_ds(data)
+    # No adjustment is needed for either format: the stored values already fit BitsStored (see
+    # test_the_two_real_pixel_formats), which is what the pydicom encoders require.
+    ds.compress(syntax, generate_instance_uid=False)  # keep the real UIDs, to compare order
+    return write_ds(ds)
+
+
+def test_the_two_real_pixel_formats(real_slices) -> None:
+    """The two studies used below really are the two pixel formats of the RSNA set, and their
+    stored values fit BitsStored (so the encoders take them unchanged)."""
+    expected = {
+        UNSIGNED_12: (12, 0, ImplicitVRLittleEndian),
+        SIGNED_16: (16, 1, ExplicitVRLittleEndian),
+    }
+    for study_id, files in real_slices.items():
+        for _, data in files:
+            ds = read_ds(data)
+            bits, representation, syntax = expected[study_id]
+            assert (ds.BitsStored, ds.PixelRepresentation) == (bits, representation), study_id
+            assert ds.file_meta.TransferSyntaxUID == syntax, study_id
+            stored = ds.pixel_array.astype(np.int64)
+            if representation:
+                low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+            else:
+                low, high = 0, (1 << bits) - 1
+            assert low <= stored.min() and stored.max() <= high, study_id
+
+
+@pytest.mark.parametrize("syntax", COMPRESSED, ids=lambda s: s.name)
+@pytest.mark.parametrize("study_id", [UNSIGNED_12, SIGNED_16])
+def test_compressed_slice_decodes_to_the_same_hu(real_slices, study_id, syntax, tmp_path) -> None:
+    name, original = real_slices[study_id][0]
+    expected = to_hu(read_ds(original))
+    encoded = _compress(original, syntax, tmp_path)
+    ds = read_ds(encoded)
+    assert ds.file_meta.TransferSyntaxUID == syntax, "the copy was not re-encoded"
+    assert len(encoded) < len(original), f"{syntax.name} should be smaller than the original"
+    assert np.array_equal(to_hu(ds), expected), f"{syntax.name} changed the HU of {name}"
+    # And through the loader's per-file entry point, which must name the transfer syntax.
+    raw = read_member(Member(name, encoded))
+    assert isinstance(raw, RawSlice), f"{syntax.name} slice was skipped: {raw}"
+    assert raw.transfer_syntax == syntax
+    assert raw.hu is not None and np.array_equal(raw.hu, expected)
+
+
+@pytest.mark.parametrize("syntax", COMPRESSED, ids=lambda s: s.name)
+@pytest.mark.parametrize("study_id", [UNSIGNED_12, SIGNED_16])
+def test_zip_of_compressed_slices_loads_like_the_uncompressed_zip(
+    real_slices, study_id, syntax, tmp_path
+) -> None:
+    files = real_slices[study_id]
+    plain = load_studies(write_zip(files, tmp_path / "plain.zip"))
+    packed = [(name, _compress(data, syntax, tmp_path)) for name, data in files]
+    compressed = load_studies(write_zip(packed, tmp_path / "compressed.zip"))
+    assert len(plain) == len(compressed) == 1
+    a, b = plain[0].default_series, compressed[0].default_series
+    assert b.n_slices == a.n_slices == N_SLICES
+    assert [s.sop_instance_uid for s in b.slices] == [s.sop_instance_uid for s in a.slices]
+    assert [s.source for s in b.slices] == [s.source for s in a.slices]
+    assert [s.z for s in b.slices] == [s.z for s in a.slices]
+    assert np.array_equal(b.hu, a.hu), f"{syntax.name} series differs from the original"
+    assert b.transfer_syntaxes == (str(syntax),)
+    assert a.transfer_syntaxes != b.transfer_syntaxes
+
+
+def _buggy_rsna_form(data: bytes, intercept: float) -> tuple[pydicom.Dataset, np.ndarray]:
+    """The wrap-around found in some RSNA 2019 files: 12-bit unsigned, HU stored modulo 4096
+    with an intercept near 0. Returns that dataset and the HU it stands for."""
+    ds = read_ds(data)
+    expected = np.clip(to_hu(ds), -1000, 3000).astype(np.int16)
+    stored = np.mod(expected.astype(np.int32), 4096).astype(np.uint16)
+    ds.PixelData = stored.tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleIntercept, ds.RescaleSlope = intercept, 1
+    return read_ds(write_ds(ds)), expected
+
+
+@pytest.mark.parametrize("intercept", [1, 0, -99])
+def test_rsna_12bit_wraparound_is_restored(real_slices, intercept) -> None:
+    name, data = real_slices[UNSIGNED_12][1]
+    ds, expected = _buggy_rsna_form(data, intercept)
+    stored = ds.pixel_array.astype(np.int32)
+    # Without the fix, air (-1000 HU, stored as 3096) would read as bright as bone.
+    naive = stored + intercept
+    assert np.median(naive[5:40, 150:360]) > 2800
+    assert np.array_equal(to_hu(ds), expected)
+    assert -1030 <= np.median(to_hu(ds)[5:40, 150:360]) <= -900
+    raw = read_member(Member(name, write_ds(ds)))
+    assert isinstance(raw, RawSlice) and np.array_equal(raw.hu, expected)
+
+
+def test_correct_slices_are_not_touched_by_the_rsna_fix(real_slices) -> None:
+    # A correct 12-bit unsigned slice (intercept -1024): HU = stored - 1024, nothing shifted.
+    ds = read_ds(real_slices[UNSIGNED_12][1][1])
+    assert ds.BitsStored == 12 and float(ds.RescaleIntercept) == -1024
+    stored = ds.pixel_array.astype(np.int32)
+    assert np.array_equal(to_hu(ds), np.clip(stored - 1024, -1024, None))
+    # A 16-bit signed slice storing HU directly (intercept 0 > -100) is no 12-bit file either.
+    ds = read_ds(real_slices[SIGNED_16][1][1])
+    hu = ds.pixel_array.astype(np.int32) - 1024
+    ds.PixelData = hu.astype(np.int16).tobytes()
+    ds.RescaleIntercept = 0
+    ds = read_ds(write_ds(ds))
+    assert np.array_equal(to_hu(ds), np.clip(hu, -1024, None))
+
+
+def test_unsigned_pixel_padding_value_becomes_air(real_slices) -> None:
+    ds = read_ds(real_slices[UNSIGNED_12][2][1])
+    reference = to_hu(ds)
+    stored = ds.pixel_array.copy()
+    assert not (stored == 4095).any()
+    stored[:40, :40] = 4095  # 3071 HU if read as a pixel
+    ds.PixelData = stored.tobytes()
+    unpadded = to_hu(read_ds(write_ds(ds)))
+    assert (unpadded[:40, :40] == 3071).all()
+    ds.add_new(0x00280120, "US", 4095)  # PixelPaddingValue
+    hu = to_hu(read_ds(write_ds(ds)))
+    assert (hu[:40, :40] == -1024).all()
+    outside = np.ones_like(hu, dtype=bool)
+    outside[:40, :40] = False
+    assert np.array_equal(hu[outside], reference[outside])
+
+
+def test_unsigned_pixel_padding_range_becomes_air(real_slices) -> None:
+    ds = read_ds(real_slices[UNSIGNED_12][2][1])
+    stored = ds.pixel_array.copy()
+    stored[:16, :256] = (4000 + np.arange(16 * 256) % 96).reshape(16, 256)  # 4000..4095
+    ds.PixelData = stored.tobytes()
+    ds.add_new(0x00280120, "US", 4000)  # PixelPaddingValue
+    ds.add_new(0x00280121, "US", 4095)  # PixelPaddingRangeLimit
+    hu = to_hu(read_ds(write_ds(ds)))
+    assert (hu[:16, :256] == -1024).all()
+    assert hu[200:300, 200:300].max() > 0, "the head must not be taken for padding"
+
+
+@pytest.mark.parametrize(
+    ("vr", "value"),
+    [("SS", -1000), ("US", 64536)],  # -1000 as SS, and as the same 16 bits written as US
+    ids=["as-SS", "two's-complement-as-US"],
+)
+def test_signed_pixel_padding_value_becomes_air(real_slices, vr, value) -> None:
+    ds = read_ds(real_slices[SIGNED_16][2][1])
+    # Store HU directly (intercept 0) so that a padding value of -1000 would read as -1000 HU,
+    # not as the -1024 that padding must become.
+    hu0 = ds.pixel_array.astype(np.int32) - 1024
+    stored = hu0.astype(np.int16)
+    stored[:40, :40] = -1000
+    ds.PixelData = stored.tobytes()
+    ds.RescaleIntercept = 0
+    unpadded = to_hu(read_ds(write_ds(ds)))
+    assert (unpadded[:40, :40] == -1000).all()
+    ds.add_new(0x00280120, vr, value)  # PixelPaddingValue
+    padded = read_ds(write_ds(ds))
+    hu = to_hu(padded)
+    assert (hu[:40, :40] == -1024).all()
+    assert (hu[stored == -1000] == -1024).all(), "every pixel equal to the padding value is air"
+    keep = stored != -1000
+    assert np.array_equal(hu[keep], unpadded[keep])
+    raw = read_member(Member("padded.dcm", write_ds(ds)))
+    assert isinstance(raw, RawSlice) and np.array_equal(raw.hu, hu)
+
+
+def test_signed_padding_in_an_implicit_vr_file(real_slices) -> None:
+    """Implicit VR carries no VR: the value's sign must come from PixelRepresentation."""
+    ds = read_ds(real_slices[SIGNED_16][2][1])
+    hu0 = ds.pixel_array.astype(np.int32) - 1024
+    stored = hu0.astype(np.int16)
+    stored[:40, :40] = -1000
+    ds.PixelData = stored.tobytes()
+    ds.RescaleIntercept = 0
+    ds.add_new(0x00280120, "SS", -1000)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    data = write_ds(ds)
+    back = read_ds(data)
+    assert back.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    hu = to_hu(back)
+    assert (hu[:40, :40] == -1024).all()
+    assert hu[200:300, 200:300].max() > 0

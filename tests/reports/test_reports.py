@@ -1,0 +1,111 @@
+"""core.reports.pdf and core.reports.secondary_capture: the one-page PDF renders
+(checked as pixels with pdftoppm) and the Secondary Capture reads back with pydicom with its
+required attributes."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from core.dicom.study import Study, load_studies
+from core.inference.predictor import Predictor, ResultCache
+from core.model.checkpoint import load_checkpoint
+from core.reports.pdf import key_slice, render_pdf, report_input
+from core.reports.secondary_capture import (
+    SERIES_DESCRIPTION,
+    secondary_capture,
+    secondary_capture_bytes,
+)
+from core.review.store import Review
+
+
+@pytest.fixture(scope="module")
+def content(small_zip: Path, tiny_weights: Path):
+    study: Study = load_studies(small_zip)[0]
+    predictor = Predictor(load_checkpoint(tiny_weights), "cpu", cache=ResultCache())
+    prediction = predictor.predict(study)
+    estimate = predictor.localise(study.default_series, prediction, threshold=0.0, max_slices=4)
+    review = Review(
+        study.study_instance_uid,
+        study.default_series.series_instance_uid,
+        "Dr Test",
+        "no hemorrhage",
+        {"any": "disagree"},
+        "calcified falx",
+        created_at=datetime(2026, 11, 23, 9, 30, tzinfo=UTC),
+    )
+    return report_input(study, prediction, predictor, estimate, [review], "Patient ABC123")
+
+
+def test_pdf_is_one_page_that_renders_with_content(content, tmp_path: Path) -> None:
+    pdftoppm = shutil.which("pdftoppm")
+    assert pdftoppm, "pdftoppm (poppler-utils) is needed: .ci/setup test installs it"
+    pdf = render_pdf(content)
+    assert pdf.startswith(b"%PDF")
+    path = tmp_path / "report.pdf"
+    path.write_bytes(pdf)
+    subprocess.run([pdftoppm, "-png", "-r", "50", str(path), str(tmp_path / "page")], check=True)
+    pages = sorted(tmp_path.glob("page*.png"))
+    assert len(pages) == 1
+    pixels = np.asarray(Image.open(pages[0]).convert("L"), dtype=np.float32)
+    assert pixels.std() > 20  # not blank: text and images
+    assert (pixels < 50).mean() > 0.05  # the CT images are mostly dark
+    out = Path("test-output/reports")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(pages[0], out / "report-page.png")
+
+
+def test_pdf_text_shows_the_chosen_patient_label_findings_and_notice(
+    content, tmp_path: Path
+) -> None:
+    path = tmp_path / "report.pdf"
+    path.write_bytes(render_pdf(content))
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True, text=True
+    ).stdout
+    assert "Patient ABC123" in text
+    assert content.study.patient_id and content.study.patient_id not in text
+    assert "RESEARCH USE ONLY" in text and "no hemorrhage" in text and "Dr Test" in text
+    assert "intraparenchymal" in text and "Estimated bleed volume" in text
+
+
+def test_key_slice_prefers_the_outlined_area(content) -> None:
+    est = content.estimate
+    if max(est.area_mm2) > 0:
+        assert key_slice(content.prediction, est) == int(np.argmax(est.area_mm2))
+    assert key_slice(content.prediction, None) == int(np.argmax(content.prediction.probs[:, 0]))
+
+
+def test_secondary_capture_reads_back_with_required_attributes(content) -> None:
+    ds = pydicom.dcmread(io.BytesIO(secondary_capture_bytes(content)))
+    assert ds.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    for keyword in (
+        "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality",
+        "ConversionType", "SeriesNumber", "InstanceNumber", "PatientOrientation",
+    ):  # fmt: skip
+        assert keyword in ds, keyword
+    for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
+        assert pydicom.uid.UID(uid).is_valid, uid
+    assert ds.PatientID == content.study.patient_id
+    assert ds.SeriesDescription == SERIES_DESCRIPTION
+    assert "RESEARCH USE ONLY" in ds.ImageComments and "Dr Test" in ds.ImageComments
+    assert ds.PhotometricInterpretation == "RGB" and ds.SamplesPerPixel == 3
+    image = ds.pixel_array
+    assert image.shape == (*content.study.default_series.hu.shape[1:], 3)
+    assert image.std() > 10
+
+
+def test_invalid_source_uid_gets_a_stable_valid_one(content) -> None:
+    a, b = secondary_capture(content), secondary_capture(content)
+    assert a.StudyInstanceUID == b.StudyInstanceUID  # same study → same derived UID
+    assert a.SOPInstanceUID != b.SOPInstanceUID

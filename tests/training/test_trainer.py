@@ -1,0 +1,342 @@
+"""core.training.trainer: loss, steps that learn, resume, --init, the CLI outputs, and two processes
+under torchrun, all on real RSNA slices with the tiny network at 64 px (seconds, on a CPU)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from data_paths import DATA, LABELLED, ROOT, require
+from safetensors.torch import save_file
+from torch import nn
+
+from core.dicom.study import load_studies
+from core.inference.predictor import Predictor
+from core.labels import LABELS
+from core.model.checkpoint import ModelSpec, build_model, load_checkpoint
+from core.train import main, parse_args
+from core.training.metrics import weighted_log_loss
+from core.training.trainer import (
+    CHECKPOINT_NAME,
+    Trainer,
+    load_init_weights,
+    lr_factor,
+    state_digest,
+    weighted_bce,
+)
+
+LABELS_CSV = LABELLED / "rsna_dev_stage_2_train.csv"
+
+
+@pytest.fixture(scope="module")
+def two_zips(study_zips: list[Path]) -> list[Path]:
+    """The two smallest studies: one without hemorrhage, one with (subarachnoid)."""
+    return sorted(study_zips, key=lambda p: p.stat().st_size)[:2]
+
+
+def tiny_args(zips: list[Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "--zips",
+        *map(str, zips),
+        "--labels",
+        str(LABELS_CSV),
+        "--arch",
+        "tiny",
+        "--size",
+        "64",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_loss_is_the_challenge_metric_and_the_schedule_warms_up_then_decays() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random((32, 6)) < 0.3).astype(np.float32)
+    p = rng.uniform(0.02, 0.98, (32, 6))
+    logits = torch.from_numpy(np.log(p / (1 - p)))
+    assert float(weighted_bce(logits, torch.from_numpy(y))) == pytest.approx(
+        weighted_log_loss(y, p), rel=1e-5
+    )
+    factors = [lr_factor(s, 100, 10) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
+    assert factors[-1] < 0.01
+
+
+def test_a_few_steps_on_real_slices_lower_the_loss(tmp_path: Path, two_zips) -> None:
+    args = parse_args(
+        tiny_args(two_zips, tmp_path, "--no-val", "--no-augment", "--lr", "1e-3")
+        + ["--epochs", "50", "--warmup", "0"]
+    )
+    trainer = Trainer(args)
+    trainer.setup()
+    table = trainer.table
+    positive = table.labels[:, 0] > 0
+    rows = np.concatenate([np.flatnonzero(positive)[:6], np.flatnonzero(~positive)[:10]])
+    hu = torch.from_numpy(table.load_batch(rows))[:, None]
+    target = torch.from_numpy(table.labels[rows])
+    losses = [float(trainer.train_step(hu, target)) for _ in range(15)]
+    trainer.close()
+    assert trainer.global_step == 15
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_resume_continues_from_the_saved_step(tmp_path: Path, two_zips) -> None:
+    common = tiny_args(two_zips, tmp_path / "run", "--val-fraction", "0.5", "--no-embeddings")
+    common += ["--epochs", "2"]
+    assert main(common + ["--max-steps", "2"]) == 0
+    saved = torch.load(tmp_path / "run" / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    assert (saved["global_step"], saved["epoch"], saved["step_in_epoch"]) == (2, 0, 2)
+
+    trainer = Trainer(parse_args(common + ["--resume", "--max-steps", "5"]))
+    trainer.setup()
+    assert trainer.global_step == 2 and trainer.step_in_epoch == 2
+    state = trainer.model.state_dict()
+    assert state.keys() == saved["model"].keys()
+    assert all(torch.equal(state[k].cpu(), saved["model"][k]) for k in state)
+    assert trainer.optimizer.state_dict()["state"][0]["step"] == 2
+    trainer.fit()
+    trainer.close()
+    resumed = torch.load(tmp_path / "run" / CHECKPOINT_NAME, weights_only=True)
+    assert resumed["global_step"] == 5 and trainer.steps_per_epoch < 5 and resumed["epoch"] == 1
+
+    # Bit for bit the run that never stopped: same data order, augmentation and schedule.
+    assert main(tiny_args(two_zips, tmp_path / "straight", "--val-fraction", "0.5",
+                          "--no-embeddings", "--epochs", "2", "--max-steps", "5")) == 0  # fmt: skip
+    straight = torch.load(tmp_path / "straight" / CHECKPOINT_NAME, weights_only=True)
+    assert state_digest(resumed["model"]) == state_digest(straight["model"])
+
+    changed = Trainer(parse_args(common + ["--resume", "--lr", "1e-2"]))
+    with pytest.raises(ValueError, match=r"changed: lr"):
+        changed.setup()
+
+
+def test_init_loads_matching_tensors_and_skips_the_head(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    imagenet = build_model(ModelSpec("tiny", 64))
+    imagenet.fc = nn.Linear(imagenet.fc.in_features, 1000)  # a torchvision/timm 1000-class head
+    torch.save({f"module.{k}": v for k, v in imagenet.state_dict().items()}, tmp_path / "in.pth")
+    torch.manual_seed(2)
+    model = build_model(ModelSpec("tiny", 64))
+    head = model.fc.weight.clone()
+    report = load_init_weights(model, tmp_path / "in.pth")
+    n = len(model.state_dict())
+    assert (report.loaded, report.head_skipped, report.wrong_shape, report.unexpected) == (
+        n - 2,
+        2,
+        0,
+        0,
+    )
+    assert "initialised" in str(report)
+    assert torch.equal(model.conv1.weight, imagenet.conv1.weight)
+    assert torch.equal(model.layer4[0].bn2.running_var, imagenet.layer4[0].bn2.running_var)
+    assert torch.equal(model.fc.weight, head)
+
+    # timm-style wrapper and safetensors load the same way.
+    torch.save({"state_dict": imagenet.state_dict()}, tmp_path / "wrapped.pth")
+    assert load_init_weights(build_model(ModelSpec("tiny", 64)), tmp_path / "wrapped.pth") == report
+    save_file(
+        {f"model.{k}": v.contiguous() for k, v in imagenet.state_dict().items()},
+        str(tmp_path / "in.safetensors"),
+    )
+    assert load_init_weights(build_model(ModelSpec("tiny", 64)), tmp_path / "in.safetensors") == (
+        report
+    )
+
+    torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="none of its 1 tensors matches"):
+        load_init_weights(model, tmp_path / "other.pth")
+    torch.save({"weights": _Opaque()}, tmp_path / "pickled.pth")
+    with pytest.raises(ValueError, match="without running code"):
+        load_init_weights(model, tmp_path / "pickled.pth")
+
+
+class _Opaque:
+    """A pickled object: loading it would need code from the file, so it is refused."""
+
+
+def test_cli_writes_checkpoint_predictions_embeddings_and_a_loadable_model(
+    tmp_path: Path, study_zips, caplog
+) -> None:
+    zips = sorted(study_zips, key=lambda p: p.stat().st_size)[:4]
+    out = tmp_path / "run"
+    torch.save(build_model(ModelSpec("tiny", 64)).state_dict(), tmp_path / "imagenet.pth")
+    caplog.set_level(logging.INFO, logger="core.training.trainer")
+    argv = tiny_args(zips, out, "--folds", "2", "--fold", "1", "--epochs", "1")
+    argv += ["--init", str(tmp_path / "imagenet.pth"), "--save-weights", "cv-fold1"]
+    argv += ["--weights-dir", str(tmp_path / "weights")]
+    assert main(argv) == 0
+    log = caplog.text
+    assert "--init imagenet.pth: initialised" in log
+    assert "epoch 1/1  step " in log and "train loss" in log and "AUC(any)" in log
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["epoch"] == 1 and "val_weighted_log_loss" in history[-1]
+
+    document = json.loads((out / "val_predictions.json").read_text())
+    assert document["labels"] == list(LABELS) and document["split"]["fold"] == 1
+    val_studies = {s["StudyInstanceUID"] for s in document["studies"]}
+    embeddings = np.load(out / "embeddings.npz")
+    assert embeddings["features"].shape == (len(embeddings["sop_ids"]), 2048)
+    assert embeddings["features"].dtype == np.float16
+    split = dict(zip(embeddings["study_ids"], embeddings["split"], strict=True))
+    assert {s for s, side in split.items() if side == "val"} == val_studies
+    assert len(split) == 4 and "train" in split.values()
+    by_study = {}
+    for study in document["studies"]:
+        indices = [s["index"] for s in study["slices"]]
+        assert indices == sorted(indices)
+        assert set(study["slices"][0]["probabilities"]) == set(LABELS)
+        assert set(study["slices"][0]["target"]) == set(LABELS)
+        by_study[study["StudyInstanceUID"]] = study
+
+    card = tmp_path / "weights" / "cv-fold1.json"
+    meta = json.loads(card.read_text())
+    assert meta["command"].startswith("python -m core.train --zips ")
+    assert meta["split"]["val_study_uids"] == sorted(val_studies)
+    assert not set(meta["split"]["train_study_uids"]) & val_studies
+    (where,) = meta["metrics"]
+    assert where.startswith("validation split (fold 1 of 2 by patient")
+    assert meta["training"]["init"] == "imagenet.pth"
+
+    # The app loads the card and scores a validation study as the trainer did.
+    predictor = Predictor(load_checkpoint(card), "cpu")
+    zip_of = {p.stem: p for p in zips}
+    uid = sorted(val_studies)[0]
+    prediction = predictor.predict(load_studies(zip_of[uid])[0])
+    app = {s.sop_instance_uid: s.probabilities for s in prediction.slices}
+    for s in by_study[uid]["slices"]:
+        ours = [s["probabilities"][label] for label in LABELS]
+        np.testing.assert_allclose(app[s["SOPInstanceUID"]], ours, atol=2e-2)
+
+    with pytest.raises(SystemExit):  # the same name again would overwrite a model
+        parse_args(argv)
+
+
+def test_challenge_folder_layout_trains(tmp_path: Path, two_zips) -> None:
+    folder = tmp_path / "stage_2_train_images"
+    folder.mkdir()
+    for path in two_zips:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                if name.endswith(".dcm"):  # the shared zips name each file ID_<sop>.dcm
+                    (folder / name.rsplit("/", 1)[-1]).write_bytes(zf.read(name))
+    out = tmp_path / "run"
+    argv = ["--dicom-dir", str(folder), "--labels", str(LABELS_CSV), "--arch", "tiny"]
+    argv += ["--size", "64", "--batch-size", "8", "--val-fraction", "0.5", "--max-steps", "2"]
+    argv += ["--workers", "0", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert (out / "dicom_index.csv").is_file()
+    assert torch.load(out / CHECKPOINT_NAME, weights_only=True)["global_step"] == 2
+    embeddings = np.load(out / "embeddings.npz")
+    assert len(embeddings["sop_ids"]) == len(list(folder.glob("*.dcm")))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_two_processes_under_torchrun_end_with_the_same_model(tmp_path: Path, two_zips) -> None:
+    out, digests = tmp_path / "run", tmp_path / "digests"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1"]
+    cmd += ["--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
+    cmd += ["--master-port", str(_free_port()), "-m", "core.train"]
+    cmd += tiny_args(two_zips, out, "--val-fraction", "0.5", "--batch-size", "4")
+    cmd += ["--epochs", "2", "--max-steps", "4", "--digest-dir", str(digests)]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rank0, rank1 = ((digests / f"rank{r}.sha256").read_text().split() for r in (0, 1))
+    assert rank0 == rank1 and rank0[1] == "4"
+    state = torch.load(out / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    assert state["args"]["world_size"] == 2 and state["global_step"] == 4
+    assert state_digest(state["model"]) == rank0[0]
+    assert "2 processes" in proc.stdout and proc.stdout.count("train loss") >= 1
+    # Validation slices were split between the ranks and gathered back, each exactly once.
+    document = json.loads((out / "val_predictions.json").read_text())
+    val_slices = [s["SOPInstanceUID"] for st in document["studies"] for s in st["slices"]]
+    assert len(val_slices) == len(set(val_slices)) == document["split"]["val_slices"]
+    embeddings = np.load(out / "embeddings.npz")
+    assert len(set(embeddings["sop_ids"].tolist())) == len(embeddings["sop_ids"])
+    assert np.isfinite(embeddings["features"].astype(np.float32)).all()
+
+
+def test_png_folder_with_id_hash_split_and_ema_trains(tmp_path: Path) -> None:
+    """The third source: brain-window PNGs, split by image id with forced validation ids; the
+    moving average is what is saved, and the forced ids never reach training."""
+    png_dir = require(DATA / "rsna_png" / "images")
+    png_labels = DATA / "rsna_png" / "rsna_png_stage_2_train.csv"
+    folder = tmp_path / "png"
+    folder.mkdir()
+    names = sorted(p.name for p in png_dir.glob("*.png"))[:40]
+    for name in names:
+        (folder / name).write_bytes((png_dir / name).read_bytes())
+    forced = tmp_path / "masks.csv"
+    forced.write_text("image_id,pixels\n" + "".join(f"{n[:-4]},0\n" for n in names[:3]))
+    out = tmp_path / "run"
+    argv = ["--png-dir", str(folder), "--labels", str(png_labels), "--arch", "tiny"]
+    argv += ["--size", "64", "--batch-size", "8", "--val-hash", "0.2", "--val-ids", str(forced)]
+    argv += ["--ema", "0.9", "--epochs", "1", "--out", str(out), "--no-progress"]
+    argv += ["--save-weights", "png", "--weights-dir", str(tmp_path / "weights")]
+    assert main(argv) == 0
+    document = json.loads((out / "val_predictions.json").read_text())
+    val_ids = {s["StudyInstanceUID"] for s in document["studies"]}
+    assert {n[:-4] for n in names[:3]} <= val_ids and len(val_ids) < len(names)
+    embeddings = np.load(out / "embeddings.npz")
+    train_ids = set(embeddings["sop_ids"][embeddings["split"] == "train"].tolist())
+    assert not train_ids & val_ids and len(train_ids) + len(val_ids) == len(names)
+    state = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    assert state["ema"] and state["args"]["ema"] == 0.9
+    card = json.loads((tmp_path / "weights" / "png.json").read_text())
+    assert card["split"]["kind"] == "id-hash" and card["training"]["ema_decay"] == 0.9
+    saved = load_checkpoint(tmp_path / "weights" / "png.json").model.state_dict()
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+    raw = state["model"]
+    key = "fc.weight"
+    assert torch.equal(saved[key], ema[key]) and not torch.equal(saved[key], raw[key])
+    # Resumed after the last epoch with --final weights: the weights themselves, at half size.
+    argv += ["--resume", "--final", "weights", "--weights-dtype", "float16"]
+    argv[argv.index("png")] = "png-raw"
+    assert main(argv) == 0
+    card = json.loads((tmp_path / "weights" / "png-raw.json").read_text())
+    assert card["training"]["saved"] == "the weights at the last step"
+    assert card["weights_dtype"] == "float16"
+    plain = load_checkpoint(tmp_path / "weights" / "png-raw.json").model.state_dict()
+    torch.testing.assert_close(plain[key], raw[key], atol=1e-3, rtol=1e-3)
+
+
+def test_moving_average_warms_up_instead_of_keeping_the_initial_weights() -> None:
+    from torch.optim.swa_utils import AveragedModel
+
+    from core.train import ema_with_warmup
+
+    net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.998), use_buffers=True)
+    start = net[0].weight.detach().clone()
+    ema.update_parameters(net)  # the first update copies
+    for n in range(1, 4):
+        with torch.no_grad():
+            net[0].weight.add_(1.0)
+        net(torch.randn(4, 3))  # BatchNorm counters move too
+        before = ema.module[0].weight.detach().clone()
+        ema.update_parameters(net)
+        d = min(0.998, (1 + n) / (10 + n))
+        expected = d * before + (1 - d) * net[0].weight.detach()
+        torch.testing.assert_close(ema.module[0].weight, expected)
+    # After three updates a constant 0.998 would still sit at the start; this one has moved.
+    assert float((ema.module[0].weight - start).mean()) > 1.5
+    assert int(ema.module[1].num_batches_tracked) == int(net[1].num_batches_tracked)
