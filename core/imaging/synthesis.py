@@ -107,7 +107,8 @@ class Anatomy:
     ``skull``: bone (> 100 HU, or the 80-HU ring on 0–80 slices) around the brain.
     ``brain``: brain tissue (15–45 HU), largest component, holes (ventricles) filled.
     ``cavity``: everything inside the skull's inner table that is not bone.
-    ``csf``: CSF-density pixels in the cavity. ``ventricles``: CSF deep inside the brain.
+    ``csf``: CSF-density pixels in the cavity (on a smoothed copy); ``csf_raw``: the same on the
+    raw pixels up to 18 HU, specks dropped (thin sulci). ``ventricles``: CSF deep inside the brain.
     ``table_dist``: distance (pixels) to the skull, meaningful inside the cavity.
     ``angle``: direction (degrees, 0 = anterior/top of image, 90 = image right) from the
     brain's centre. ``table_bins``: for each of 72 5° sectors, whether the inner table is there.
@@ -118,6 +119,7 @@ class Anatomy:
     brain: np.ndarray
     cavity: np.ndarray
     csf: np.ndarray
+    csf_raw: np.ndarray
     ventricles: np.ndarray
     table_dist: np.ndarray
     angle: np.ndarray
@@ -197,6 +199,11 @@ def find_anatomy(
     # CSF on a lightly smoothed copy: single noisy pixels would make the ventricles a sieve.
     xs = ndimage.gaussian_filter(x, 1.0)
     csf = cavity & (xs >= _CSF[0]) & (xs <= _CSF[1])
+    csf_raw = cavity & (x >= _CSF[0]) & (x <= _CSF[1] + 3.0)
+    rlab, rn = ndimage.label(csf_raw, structure=np.ones((3, 3), bool))
+    if rn:
+        big = np.flatnonzero(np.bincount(rlab.ravel()) >= 8)
+        csf_raw = np.isin(rlab, big[big > 0])
     depth = ndimage.distance_transform_edt(brain)
     deep = csf & brain & (depth >= 10.0 / pixel_mm)
     deep = ndimage.binary_opening(deep)
@@ -224,6 +231,7 @@ def find_anatomy(
         brain=brain,
         cavity=cavity,
         csf=csf,
+        csf_raw=csf_raw,
         ventricles=ventricles,
         table_dist=table_dist,
         angle=angle,
@@ -275,6 +283,7 @@ def _unusable(x: np.ndarray, clipped: bool, reason: str) -> Anatomy:
         brain=e,
         cavity=e,
         csf=e,
+        csf_raw=e,
         ventricles=e,
         table_dist=np.full(x.shape, np.inf, dtype=np.float32),
         angle=np.zeros(x.shape, dtype=np.float32),
@@ -334,9 +343,13 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
 
 
 def _thin_csf(a: Anatomy) -> np.ndarray:
-    """CSF in narrow spaces (sulci, fissures, cisterns), not in wide pools like ventricles."""
+    """CSF in narrow spaces (sulci, fissures, cisterns), not in wide pools like ventricles.
+
+    Thin sulci are one or two pixels wide and partial volume lifts them above the CSF range
+    once smoothed, so this reads the raw CSF pixels (``a.csf_raw``)."""
     wide = ndimage.binary_opening(a.csf, structure=_disk(3))
-    return a.csf & ~ndimage.binary_dilation(wide, iterations=2) & ~a.ventricles
+    # Keep off the ventricles' walls: their rim pixels are thin CSF too, but not subarachnoid.
+    return a.csf_raw & ~ndimage.binary_dilation(wide | a.ventricles, iterations=4)
 
 
 def _sector(angle: np.ndarray, start: float, span: float) -> tuple[np.ndarray, np.ndarray]:
@@ -480,7 +493,7 @@ def _intraventricular(
         raise ValueError("no ventricles on this slice for intraventricular blood")
     sizes = np.bincount(lab.ravel())[1:].astype(float)
     order = rng.choice(
-        n, size=min(n, int(rng.integers(1, 3))), replace=False, p=sizes / sizes.sum()
+        n, size=min(n, int(rng.integers(1, 3))), replace=False, p=sizes**2 / (sizes**2).sum()
     )
     shape = np.zeros(a.ventricles.shape, bool)
     rows = np.arange(shape.shape[0])[:, None]
