@@ -338,5 +338,5 @@ def test_moving_average_warms_up_instead_of_keeping_the_initial_weights() -> Non
         expected = d * before + (1 - d) * net[0].weight.detach()
         torch.testing.assert_close(ema.module[0].weight, expected)
     # After three updates a constant 0.998 would still sit at the start; this one has moved.
-    assert float((ema.module[0].weight - start).mean()) > 1.5
+    assert float((ema.module[0].weight.detach() - start).mean()) > 1.5
     assert int(ema.module[1].num_batches_tracked) == int(net[1].num_batches_tracked)
