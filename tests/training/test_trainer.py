@@ -322,7 +322,7 @@ def test_png_folder_with_id_hash_split_and_ema_trains(tmp_path: Path) -> None:
 def test_moving_average_warms_up_instead_of_keeping_the_initial_weights() -> None:
     from torch.optim.swa_utils import AveragedModel
 
-    from core.train import ema_with_warmup
+    from core.training.trainer import ema_with_warmup
 
     net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
     ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.998), use_buffers=True)
