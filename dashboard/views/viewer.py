@@ -8,6 +8,7 @@ HU array; the zip is never re-read and the model never re-run for a slice or win
 from __future__ import annotations
 
 import numpy as np
+import plotly.colors as px
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -69,6 +70,15 @@ def _bar_chart(prediction: StudyPrediction, index: int) -> go.Figure:
     return fig
 
 
+#: Inferno, written out: its first colour (#000004, near black) is the very value Streamlit's
+#: frontend swaps for a theme colour (it came out red, then lavender), so P = 0 would read as a
+#: finding. Written as rgb() the dark end stays dark.
+STRIP_COLORS: list[list[float | str]] = [
+    [i / (len(px.sequential.Inferno) - 1), "rgb(0, 0, 4)" if c == "#000004" else c]
+    for i, c in enumerate(px.sequential.Inferno)
+]
+
+
 def _strip(prediction: StudyPrediction, index: int) -> go.Figure:
     probs = np.asarray(prediction.probs)
     n = probs.shape[0]
@@ -80,7 +90,7 @@ def _strip(prediction: StudyPrediction, index: int) -> go.Figure:
             y=list(LABELS),
             zmin=0,
             zmax=1,
-            colorscale="Inferno",
+            colorscale=STRIP_COLORS,
             colorbar=dict(title="P", thickness=10),
             hoverinfo="skip",
         )

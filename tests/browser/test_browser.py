@@ -93,6 +93,14 @@ def _assert_shows_slice(page: Page, study: Study) -> tuple[int, str]:
     return k, src
 
 
+def _rgb(colour: str) -> tuple[int, int, int]:
+    """An SVG colour as written by plotly (``rgb(r, g, b)``, ``rgba(…)`` or ``#rrggbb``)."""
+    if colour.startswith("#") and len(colour) == 7:
+        return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
+    r, g, b = (int(float(v)) for v in re.findall(r"[\d.]+", colour)[:3])
+    return r, g, b
+
+
 def _assert_real_png(path: Path) -> None:
     assert path.is_file(), f"screenshot not written: {path}"
     size = path.stat().st_size
@@ -156,6 +164,14 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     expect(sidebar.get_by_text(f"{small_zip.name}: 1 study loaded.")).to_be_visible()
     strip = _plotly_chart(page, "Per-slice probabilities (click a slice to open it)")
     expect(strip).to_be_visible()
+    # P = 0 is drawn dark, as the scale says, not in a theme colour (it was red, then lavender):
+    # the colour bar's gradient as the browser draws it starts at Inferno's near-black.
+    stops = [
+        stop.get_attribute("stop-color") or ""
+        for stop in strip.locator("linearGradient stop").all()
+    ]
+    darkest = min((max(_rgb(c)) for c in stops if c), default=255)
+    assert darkest < 40, f"the strip's colour bar has no dark end: {stops}"
     expect(main.get_by_text("Running the model")).to_have_count(0)
     expect(_slice_figure(page).get_by_test_id("stImageCaption")).to_contain_text(f" of {n} ")
     k, src = _assert_shows_slice(page, study)
