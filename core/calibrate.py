@@ -38,14 +38,14 @@ from core.model.checkpoint import LoadedModel, _check_metrics, load_checkpoint, 
 from core.training.calibration import (
     MIN_POSITIVES_FOR_OWN_TEMPERATURE,
     _r,
-    false_positive_positions,
     fit_temperatures,
     headline,
     png_logits,
     sigmoid,
     summary_sentence,
 )
-from core.training.dataset import read_challenge_labels, read_id_column, split_by_hash
+from core.training.crossval import FoldStudy, false_positive_positions
+from core.training.dataset import label_for, read_challenge_labels, read_id_column, split_by_hash
 from core.training.evaluate import evaluate
 from core.training.metrics import (
     choose_threshold,
@@ -159,31 +159,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError("--studies needs --study-labels")
         predictor.temperature = tuple(float(v) for v in t)
         study_labels = read_challenge_labels(args.study_labels)
-        ys, ps, groups, per_study_p, per_study_y = [], [], [], [], []
+        ys, ps, groups, per_study = [], [], [], []
         zips = sorted(args.studies.glob("*.zip")) if args.studies.is_dir() else [args.studies]
         for path in zips:
             for study in load_studies(path):
                 series = study.default_series
                 pred = predictor.predict(study)
-                keep = [
-                    k
-                    for k, info in enumerate(series.slices)
-                    if _has(study_labels, info.sop_instance_uid)
-                ]
+                found = [label_for(study_labels, s.sop_instance_uid) for s in series.slices]
+                keep = [k for k, lab in enumerate(found) if lab is not None]
                 if not keep:
                     continue
-                yy = np.stack(
-                    [_get(study_labels, series.slices[k].sop_instance_uid) for k in keep]
-                ).astype(np.int8)
+                yy = np.stack([found[k] for k in keep]).astype(np.int8)
                 pp = np.asarray(pred.probs)[keep].astype(np.float64)
                 ys.append(yy)
                 ps.append(pp)
-                per_study_p.append(pp)
-                per_study_y.append(yy)
+                per_study.append(FoldStudy(study.study_instance_uid, -1, pp, yy))
                 groups += [study.study_instance_uid] * len(keep)
                 log.info(
                     "study %d: %d slices, P(any) %.3f",
-                    len(per_study_p),
+                    len(per_study),
                     len(keep),
                     float(pp[:, 0].max()),
                 )
@@ -200,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             prior_source="training prevalence",
         )
         studies = headline(study_result)
-        studies["false_positive_positions_any"] = false_positive_positions(per_study_p, per_study_y)
+        studies["false_positive_positions_any"] = false_positive_positions(per_study)
         top2 = evaluate(
             np.concatenate(ys),
             np.concatenate(ps),
@@ -273,14 +267,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.dry_run:
         _write_card(loaded.card_path, card)
     return report
-
-
-def _has(labels: dict[str, np.ndarray], sop: str) -> bool:
-    return sop in labels or f"ID_{sop}" in labels
-
-
-def _get(labels: dict[str, np.ndarray], sop: str) -> np.ndarray:
-    return labels[sop] if sop in labels else labels[f"ID_{sop}"]
 
 
 def _write_card(card_path: Path, card: dict[str, Any]) -> None:

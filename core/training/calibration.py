@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
+from scipy.special import expit
 
 from core.imaging.windowing import model_input
 from core.inference.predictor import Predictor
@@ -53,7 +54,8 @@ def png_logits(
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+    """The logistic function in float64 (scipy's, stable for large |z|)."""
+    return expit(np.asarray(z, dtype=np.float64))
 
 
 # --------------------------------------------------------------------------- temperature
@@ -130,27 +132,6 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
             out[f"{level}_sensitivity"] = _r(point.get("sensitivity"))
             out[f"{level}_specificity"] = _r(point.get("specificity"))
     return out
-
-
-def false_positive_positions(
-    probs: list[np.ndarray], labels: list[np.ndarray], share: float = 0.1
-) -> dict[str, int]:
-    """Where the highest-scored slices without bleeding lie along the head: counts in the
-    lower, middle and upper third of their series (a skull-base excess would show as 'lower').
-    """
-    rows = []
-    for p, y in zip(probs, labels, strict=True):
-        n = len(p)
-        for i in range(n):
-            if y[i, 0] == 0:
-                rows.append((float(p[i, 0]), i / max(1, n - 1)))
-    rows.sort(reverse=True)
-    top = rows[: max(1, int(len(rows) * share))]
-    thirds = {"lower third": 0, "middle third": 0, "upper third": 0}
-    for _, where in top:
-        key = "lower third" if where < 1 / 3 else "middle third" if where < 2 / 3 else "upper third"
-        thirds[key] += 1
-    return thirds
 
 
 def summary_sentence(

@@ -134,8 +134,9 @@ def _wide_labels(name: str, header: list[str], rows: Iterable[list[str]]) -> dic
     return out
 
 
-def _label_for(labels: dict[str, np.ndarray], sop: str) -> np.ndarray | None:
-    """Challenge ids are ``ID_<sop>``; RSNA's own SOPInstanceUIDs already start with ``ID_``."""
+def label_for(labels: dict[str, np.ndarray], sop: str) -> np.ndarray | None:
+    """A slice's labels by its SOPInstanceUID, or None. Challenge ids are ``ID_<sop>``; RSNA's
+    own SOPInstanceUIDs already start with ``ID_``."""
     found = labels.get(sop)
     return found if found is not None else labels.get(f"ID_{sop}")
 
@@ -284,7 +285,7 @@ def from_zips(
             keep = [
                 (info, lab)
                 for info in series.slices
-                if (lab := _label_for(labels, info.sop_instance_uid)) is not None
+                if (lab := label_for(labels, info.sop_instance_uid)) is not None
             ]
             unlabelled += series.n_slices - len(keep)
             if not keep:
@@ -351,7 +352,7 @@ def from_png_folder(
     """
     folder = Path(folder)
     names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".png") and e.is_file())
-    ids = [n[: -len(".png")] for n in names if _label_for(labels, n[: -len(".png")]) is not None]
+    ids = [n[: -len(".png")] for n in names if label_for(labels, n[: -len(".png")]) is not None]
     if not ids:
         raise ValueError(
             f"{folder} holds {len(names)} .png file(s), none named ID_<sop>.png after a "
@@ -359,7 +360,7 @@ def from_png_folder(
         )
     # One at a time: the files are not all the same size (a few are not 512²).
     stacks = [resize_hu(read_png_hu(folder / f"{i}.png")[None], size) for i in ids]
-    lab = [_label_for(labels, i) for i in ids]
+    lab = [label_for(labels, i) for i in ids]
     return InMemorySlices(
         size=size,
         sop_ids=np.array(ids, dtype=str),
@@ -459,7 +460,7 @@ def index_dicom_folder(
     """
     folder = Path(folder)
     names = [e.name for e in os.scandir(folder) if e.name.endswith(".dcm") and e.is_file()]
-    wanted = sorted(n for n in names if _label_for(labels, n[: -len(".dcm")]) is not None)
+    wanted = sorted(n for n in names if label_for(labels, n[: -len(".dcm")]) is not None)
     if not wanted:
         raise ValueError(
             f"{folder} holds {len(names)} .dcm file(s), none named ID_<sop>.dcm after a "
@@ -516,7 +517,7 @@ def from_dicom_folder(
         rows = index_dicom_folder(folder, labels, workers)
         if index_cache is not None:
             save_index(rows, index_cache)
-    rows = [r for r in rows if _label_for(labels, r[1]) is not None]
+    rows = [r for r in rows if label_for(labels, r[1]) is not None]
     if not rows:
         raise ValueError(f"no labelled slice found in {folder}")
     # Order each series along the head: z when every slice has it, else InstanceNumber.
@@ -539,7 +540,7 @@ def from_dicom_folder(
         patient_keys=np.array([r[4] for r, _ in ordered], dtype=str),
         slice_index=np.array([i for _, i in ordered], dtype=np.int64),
         z=np.array([float(r[5]) if r[5] else float(i) for r, i in ordered], dtype=np.float64),
-        labels=np.stack([_label_for(labels, r[1]) for r, _ in ordered]).astype(np.float32),
+        labels=np.stack([label_for(labels, r[1]) for r, _ in ordered]).astype(np.float32),
         source="folder of ID_<sop>.dcm files (challenge layout)",
         paths=np.array([str(folder / r[0]) for r, _ in ordered], dtype=str),
         hu_range=hu_range,
