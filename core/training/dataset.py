@@ -38,6 +38,7 @@ from core.dicom.ct_slice import HU_MIN, RawSlice, read_member
 from core.dicom.study import load_studies, patient_axis_z, slice_normal
 from core.imaging.windowing import MODEL_WINDOWS, Window, model_input
 from core.labels import LABELS
+from core.training.label_files import read_labels
 
 log = logging.getLogger(__name__)
 
@@ -47,91 +48,14 @@ N_LABELS = len(LABELS)
 
 
 def read_challenge_labels(csv_path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """``stage_2_train.csv`` (``ID,Label`` rows ``ID_<sop>_<subtype>,0|1``) → image id → (6,)
-    float32 in LABELS order. The image id (``ID_<sop>``) is the slice's SOPInstanceUID.
-
-    Also accepts the wide layout (``image_id`` plus one column per label, as in
-    ``rsna_dev_labels.csv``). The full challenge file repeats some rows; identical repeats are
-    accepted, contradicting ones are an error. Every image must carry all six subtypes.
-    """
-    path = Path(csv_path)
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise ValueError(f"{path.name} is empty") from None
-        if "image_id" in header and all(label in header for label in LABELS):
-            return _wide_labels(path.name, header, reader)
-        if header[:2] != ["ID", "Label"]:
-            raise ValueError(
-                f"{path.name}: expected the challenge header 'ID,Label' (or a wide file with "
-                f"image_id and the six label columns), got {','.join(header[:3])!r}"
-            )
-        column = {label: j for j, label in enumerate(LABELS)}
-        values: dict[str, np.ndarray] = {}
-        seen: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) < 2:
-                raise ValueError(f"{path.name} line {line}: expected 'ID_<sop>_<subtype>,Label'")
-            image_id, _, subtype = row[0].strip().rpartition("_")
-            if subtype not in column or not image_id:
-                raise ValueError(
-                    f"{path.name} line {line}: {row[0]!r} does not end with one of the "
-                    f"subtypes {', '.join(LABELS)}"
-                )
-            value = _label_value(row[1], path.name, line)
-            vec = values.get(image_id)
-            if vec is None:
-                vec = values[image_id] = np.full(N_LABELS, np.nan, dtype=np.float32)
-                seen[image_id] = 0
-            j = column[subtype]
-            if np.isnan(vec[j]):
-                vec[j] = value
-                seen[image_id] |= 1 << j
-            elif vec[j] != value:
-                raise ValueError(
-                    f"{path.name} line {line}: {row[0]} is given twice with different labels"
-                )
-    full = (1 << N_LABELS) - 1
-    incomplete = [k for k, bits in seen.items() if bits != full]
-    if incomplete:
-        missing = [LABELS[j] for j in range(N_LABELS) if not seen[incomplete[0]] >> j & 1]
-        raise ValueError(
-            f"{path.name}: {len(incomplete)} image(s) lack some of the six subtypes, e.g. "
-            f"{incomplete[0]} has no {', '.join(missing)}"
-        )
-    if not values:
-        raise ValueError(f"{path.name} holds no labels")
-    return values
-
-
-def _label_value(text: str, name: str, line: int) -> float:
-    text = text.strip()
-    if text not in ("0", "1", "0.0", "1.0"):
-        raise ValueError(f"{name} line {line}: label must be 0 or 1, got {text!r}")
-    return float(text)
-
-
-def _wide_labels(name: str, header: list[str], rows: Iterable[list[str]]) -> dict[str, np.ndarray]:
-    id_col = header.index("image_id")
-    cols = [header.index(label) for label in LABELS]
-    out: dict[str, np.ndarray] = {}
-    for line, row in enumerate(rows, start=2):
-        if not row:
-            continue
-        if len(row) < len(header):
-            raise ValueError(f"{name} line {line}: expected {len(header)} columns")
-        vec = np.array([_label_value(row[c], name, line) for c in cols], dtype=np.float32)
-        image_id = row[id_col].strip()
-        if image_id in out and not np.array_equal(out[image_id], vec):
-            raise ValueError(f"{name} line {line}: {image_id} is given twice with other labels")
-        out[image_id] = vec
-    if not out:
-        raise ValueError(f"{name} holds no labels")
-    return out
+    """Image id (``ID_<sop>``, the slice's SOPInstanceUID) → its six labels as float32 (6,) in
+    LABELS order, from the challenge CSV or the wide CSV: ``core.training.label_files`` reads
+    and checks the file (identical repeats accepted, contradictions, unknown subtypes, values
+    other than 0/1 and incomplete images refused)."""
+    return {
+        image_id: np.asarray(values, dtype=np.float32)
+        for image_id, values in read_labels(Path(csv_path)).labels.items()
+    }
 
 
 def label_for(labels: dict[str, np.ndarray], sop: str) -> np.ndarray | None:

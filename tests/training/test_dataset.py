@@ -13,6 +13,7 @@ from data_paths import DATA, LABELLED, require
 from PIL import Image
 
 from core.dicom.study import load_studies
+from core.errors import InputError
 from core.imaging.windowing import BONE, MODEL_WINDOWS, model_input, window_span
 from core.labels import LABELS
 from core.training import dataset
@@ -66,17 +67,17 @@ def test_challenge_labels_match_the_wide_file(labels, label_rows) -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("ID_a_any,0\nID_a_epidural,2\n", "must be 0 or 1"),
-        ("ID_a_bleed,0\n", "does not end with one of the subtypes"),
+        ("ID_a_any,0\nID_a_epidural,2\n", "is not 0 or 1"),
+        ("ID_a_bleed,0\n", "does not end in one of"),
         ("ID_a_any\n", "expected"),
-        ("ID_a_any,0\nID_a_epidural,0\n", "lack some of the six subtypes.*ID_a has no"),
+        ("ID_a_any,0\nID_a_epidural,0\n", "lack some of the six labels.*ID_a has no"),
         ("ID_a_any,0\nID_a_any,1\n", "twice with different labels"),
     ],
 )
 def test_malformed_label_files_are_refused(tmp_path: Path, body: str, message: str) -> None:
     path = tmp_path / "labels.csv"
     path.write_text("ID,Label\n" + body)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):  # the one reader's messages
         read_challenge_labels(path)
 
 
@@ -87,7 +88,7 @@ def test_identical_repeated_rows_are_accepted(tmp_path: Path) -> None:
     path.write_text("ID,Label\n" + "\n".join(rows + rows[:2]) + "\n")
     assert read_challenge_labels(path)["ID_b"].tolist() == [1, 0, 0, 0, 0, 0]
     (tmp_path / "bad.csv").write_text("image,label\n")
-    with pytest.raises(ValueError, match="ID,Label"):
+    with pytest.raises(InputError, match="ID,Label"):
         read_challenge_labels(tmp_path / "bad.csv")
 
 
