@@ -92,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="data loader processes (default: auto)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument(
+        "--bleed-map",
+        action="store_true",
+        help="add the segmentation head (core.model.bleed_map): probabilities and a bleed map "
+        "from one pass",
+    )
+    p.add_argument(
+        "--synthetic",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of the training slices without bleed given a synthetic bleed each epoch "
+        "(core.imaging.synthesis); they also teach the bleed map",
+    )
+    p.add_argument("--map-weight", type=float, default=1.0, help="weight of the bleed map's loss")
     p.add_argument("--no-embeddings", action="store_true", help="skip embeddings.npz")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--save-weights", metavar="NAME", help="write the final model card + weights")
@@ -117,8 +132,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.folds is None and args.val_fraction is None and args.val_hash is None and not (
-        args.no_val
+    if (
+        args.folds is None
+        and args.val_fraction is None
+        and args.val_hash is None
+        and not (args.no_val)
     ):
         args.folds = DEFAULT_FOLDS
     if args.folds is not None and not 0 <= args.fold < args.folds:
@@ -130,6 +148,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--val-ids goes with --val-hash")
     if not 0 <= args.ema < 1:
         parser.error("--ema must be in [0, 1)")
+    if not 0 <= args.synthetic <= 1:
+        parser.error("--synthetic is a share in [0, 1]")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error("--max-steps must be positive")
     if args.save_weights and (args.weights_dir / f"{args.save_weights}.json").exists():

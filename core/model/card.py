@@ -39,6 +39,7 @@ RESERVED_CARD_KEYS: frozenset[str] = frozenset(
         "notice",
         "context",
         "weights_dtype",
+        "bleed_map",
     }
 )
 
@@ -75,6 +76,8 @@ class ModelCard:
     calibration: Mapping[str, Any] | None = None
     #: How the weights files store floating tensors ("float16"; absent: float32).
     weights_dtype: str | None = None
+    #: ``{"stride": 4}`` when the network has the segmentation head (core.model.bleed_map).
+    bleed_map: Mapping[str, Any] | None = None
     #: Keys this version does not know, kept as read.
     extra: Mapping[str, Any] = field(default_factory=dict)
     key_order: tuple[str, ...] = field(default=(), compare=False, repr=False)

@@ -41,12 +41,12 @@ from torch import nn
 import core.model.tv_compat  # noqa: F401  (must precede every torchvision import)
 
 # isort: split
-import torchvision
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from core.errors import ModelError
 from core.imaging.windowing import MODEL_WINDOWS, Window
 from core.labels import LABELS, check_label_order
+from core.model.bleed_map import MAP_STRIDE, BleedMapResNet
 from core.model.card import CARD_FORMAT, RESERVED_CARD_KEYS, ModelCard
 from core.model.context import ContextSpec, SliceContext
 from core.notice import NOTICE
@@ -68,23 +68,25 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # --------------------------------------------------------------------------- architectures
 
 
-def _resnext101_32x8d() -> ResNet:
-    return torchvision.models.resnext101_32x8d(weights=None)
+def _resnext101_32x8d(cls: type[ResNet]) -> ResNet:
+    # torchvision.models.resnext101_32x8d(weights=None) is this very call.
+    return cls(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=8)
 
 
-def _resnext101_32x4d() -> ResNet:
+def _resnext101_32x4d(cls: type[ResNet]) -> ResNet:
     # torchvision ships no builder for 32x4d; this is its definition with width 4.
-    return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=4)
+    return cls(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=4)
 
 
-def _tiny() -> ResNet:
+def _tiny(cls: type[ResNet]) -> ResNet:
     """Test-only: the same ResNet class (so ``layer4[-1]`` exists) at a fraction of the cost."""
-    return ResNet(Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=4)
+    return cls(Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=4)
 
 
-#: Architecture name → builder of a torchvision ResNet (its 1000-class head is replaced).
+#: Architecture name → builder of a torchvision ResNet of the given class (ResNet, or
+#: BleedMapResNet with the segmentation head); its 1000-class head is replaced.
 #: Adding a variant is one line here.
-BUILDERS: dict[str, Callable[[], ResNet]] = {
+BUILDERS: dict[str, Callable[[type[ResNet]], ResNet]] = {
     "resnext101_32x8d": _resnext101_32x8d,
     "resnext101_32x4d": _resnext101_32x4d,
     "tiny": _tiny,
@@ -99,6 +101,9 @@ class ModelSpec:
     input_size: int
     windows: tuple[Window, ...] = MODEL_WINDOWS
     labels: tuple[str, ...] = LABELS
+    #: Whether the network has the segmentation head (core.model.bleed_map) and so gives a
+    #: bleed map with its probabilities.
+    bleed_map: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in BUILDERS:
@@ -117,6 +122,7 @@ class ModelSpec:
             "input_size": self.input_size,
             "windows": [{"name": w.name, "level": w.level, "width": w.width} for w in self.windows],
             "labels": list(self.labels),
+            **({"bleed_map": {"stride": MAP_STRIDE}} if self.bleed_map else {}),
         }
 
     @classmethod
@@ -129,12 +135,14 @@ class ModelSpec:
                 for w in data["windows"]
             ),
             labels=tuple(data.get("labels", LABELS)),
+            bleed_map=bool(data.get("bleed_map")),
         )
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Untrained network for ``spec``: (n, 3, size, size) in [0, 1] → logits (n, 6)."""
-    model = BUILDERS[spec.arch]()
+    """Untrained network for ``spec``: (n, 3, size, size) in [0, 1] → logits (n, 6), and with
+    ``spec.bleed_map`` a BleedMapResNet whose ``forward_with_map`` adds the bleed map."""
+    model = BUILDERS[spec.arch](BleedMapResNet if spec.bleed_map else ResNet)
     model.fc = nn.Linear(model.fc.in_features, len(spec.labels))
     return model
 

@@ -155,9 +155,7 @@ class LazyDicomSlices(SliceTable):
         return resize_hu(raw.hu[None], self.size, self.hu_range)[0].astype(np.float32)
 
 
-def resize_hu(
-    hu: np.ndarray, size: int, hu_range: tuple[float, float] | None = None
-) -> np.ndarray:
+def resize_hu(hu: np.ndarray, size: int, hu_range: tuple[float, float] | None = None) -> np.ndarray:
     """HU (n, rows, cols) → int16 (n, size, size), bilinear with antialiasing, as
     ``core.imaging.windowing.model_input`` resizes (so training sees inference's pixels); with
     ``hu_range`` clipped to it first, as ``model_input`` clips to its windows' span."""
@@ -226,9 +224,7 @@ def from_zips(
                 rows["index"].append(info.index)
                 rows["z"].append(info.z)
                 rows["labels"].append(lab)
-            stacks.append(
-                resize_hu(series.hu[[info.index for info, _ in keep]], size, hu_range)
-            )
+            stacks.append(resize_hu(series.hu[[info.index for info, _ in keep]], size, hu_range))
     if unlabelled:
         log.info("%d slice(s) without a label were left out", unlabelled)
     return InMemorySlices(
@@ -537,6 +533,19 @@ def augment(
     (outside the image is air, -1024 HU), contrast and noise in HU, then each window with a
     jittered level and width, windowed as ``core.imaging.windowing.model_input`` does.
     """
+    return augment_with_mask(hu, None, generator, windows, config)[0]
+
+
+def augment_with_mask(
+    hu: torch.Tensor,
+    mask: torch.Tensor | None,
+    generator: torch.Generator,
+    windows: tuple[Window, ...] = MODEL_WINDOWS,
+    config: AugmentConfig = AugmentConfig(),
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``augment``, also moving a mask batch (B, 1, S, S) by the same flip, rotation and zoom
+    (bilinear, so its edges become fractions), as the bleed map's targets must follow the
+    pixels they outline."""
     if hu.ndim != 4 or hu.shape[1] != 1:
         raise ValueError(f"expected HU (batch, 1, size, size), got {tuple(hu.shape)}")
     b, device = hu.shape[0], hu.device
@@ -564,6 +573,8 @@ def augment(
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         # grid_sample pads with 0: sample HU + 1024 so that the padding is air.
         x = F.grid_sample(x - HU_MIN, grid, mode="bilinear", align_corners=False) + HU_MIN
+        if mask is not None:
+            mask = F.grid_sample(mask.float(), grid, mode="bilinear", align_corners=False)
     if config.contrast > 0:
         level = float(windows[0].level)
         x = (x - level) * contrast.to(device, torch.float32).view(b, 1, 1, 1) + level
@@ -574,7 +585,7 @@ def augment(
     base_width = torch.tensor([w.width for w in windows], dtype=torch.float64)
     width = base_width * stretch
     level = base_level + shift * base_width
-    return window_batch(x, level - width / 2, width)
+    return window_batch(x, level - width / 2, width), mask
 
 
 def window_batch(hu: torch.Tensor, low: torch.Tensor, width: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,7 @@ from core.inference.predictor import (
     usable_cpus,
 )
 from core.labels import LABELS, LOSS_WEIGHTS
+from core.model.bleed_map import map_loss, map_targets
 from core.model.checkpoint import (
     ModelSpec,
     build_model,
@@ -66,7 +67,7 @@ from core.training.dataset import (
     AugmentConfig,
     SliceDataset,
     SliceTable,
-    augment,
+    augment_with_mask,
     from_dicom_folder,
     from_png_folder,
     from_zips,
@@ -78,6 +79,7 @@ from core.training.dataset import (
     zip_paths,
 )
 from core.training.metrics import roc_auc, weighted_log_loss
+from core.training.synthetic import SyntheticBleedSlices
 
 log = logging.getLogger("core.training.trainer")
 
@@ -103,6 +105,9 @@ RESUME_FIXED = (
     "ema",
     "no_augment",
     "world_size",
+    "bleed_map",
+    "synthetic",
+    "map_weight",
 )
 
 #: Key prefixes of wrapped state dicts (DDP, Lightning/timm wrappers, torch.compile).
@@ -385,7 +390,7 @@ class Trainer:
         self.dist, self.device = init_distributed(args.device)
         self.cuda = self.device.type == "cuda"
         self.out: Path = args.out
-        self.spec = ModelSpec(args.arch, args.size)
+        self.spec = ModelSpec(args.arch, args.size, bleed_map=args.bleed_map)
         self.augment_config = AugmentConfig.off() if args.no_augment else AugmentConfig()
         self.epoch = 0
         self.step_in_epoch = 0
@@ -654,21 +659,43 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_step(self, hu: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on a HU batch (B, 1, S, S); returns the loss (detached)."""
+    def train_step(
+        self,
+        hu: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One optimizer step on a HU batch (B, 1, S, S); returns the loss (detached).
+
+        With the bleed map, ``mask`` (B, 1, S, S) is each slice's blood and ``known`` (B,)
+        whether that mask is known; the map's loss (× --map-weight) is added to the labels'.
+        """
         self.ddp.train()
         hu = hu.to(self.device, non_blocking=True)
+        if mask is not None:
+            mask = mask.to(self.device, non_blocking=True)
         if self.args.no_augment:
             x = model_batch(hu, self.spec.windows)
         else:
             g = torch.Generator().manual_seed(
                 _step_seed(self.args.seed, self.global_step, self.dist.rank)
             )
-            x = augment(hu, g, self.spec.windows, self.augment_config)
+            x, mask = augment_with_mask(hu, mask, g, self.spec.windows, self.augment_config)
         x = x.contiguous(memory_format=torch.channels_last)
+        target = target.to(self.device, non_blocking=True)
         with self._autocast():
-            logits = self.ddp(x)
-        loss = weighted_bce(logits, target.to(self.device, non_blocking=True))
+            if self.spec.bleed_map:
+                logits, map_logits = self.ddp(x, with_map=True)
+            else:
+                logits = self.ddp(x)
+        loss = weighted_bce(logits, target)
+        if self.spec.bleed_map:
+            if mask is None or known is None:
+                raise ValueError("a model with the bleed map trains on slices with masks")
+            loss = loss + self.args.map_weight * map_loss(
+                map_logits, map_targets(mask), known.to(self.device)
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -702,7 +729,12 @@ class Trainer:
         """Train to the last epoch (or --max-steps), validating and saving after each epoch."""
         args = self.args
         results: list[EpochResult] = []
-        train_set = SliceDataset(self.table, self.train_idx)
+        masks = self.spec.bleed_map or args.synthetic > 0
+        train_set: SliceDataset | SyntheticBleedSlices = (
+            SyntheticBleedSlices(self.table, self.train_idx, args.synthetic, args.seed)
+            if masks
+            else SliceDataset(self.table, self.train_idx)
+        )
         stop = args.max_steps is not None and self.global_step >= args.max_steps
         while self.epoch < args.epochs and not stop:
             epoch = self.epoch
@@ -718,8 +750,10 @@ class Trainer:
                 dynamic_ncols=True,
                 disable=True if (args.no_progress or not self.dist.main) else None,
             )
-            for hu, target, _ in self._loader(train_set, batches):
-                loss_sum += self.train_step(hu, target)
+            if isinstance(train_set, SyntheticBleedSlices):
+                train_set.epoch = epoch
+            for hu, target, _, *mask_known in self._loader(train_set, batches):
+                loss_sum += self.train_step(hu, target, *mask_known)
                 self.step_in_epoch += 1
                 bar.update(1)
                 if self.global_step % 10 == 0 or self.step_in_epoch == self.steps_per_epoch:
@@ -988,7 +1022,19 @@ class Trainer:
                 "lr": args.lr,
                 "weight_decay": args.weight_decay,
                 "schedule": f"linear warmup ({args.warmup:.0%}) then cosine, per step",
-                "loss": "BCE weighted as the challenge (any 2, others 1)",
+                "loss": "BCE weighted as the challenge (any 2, others 1)"
+                + (
+                    f" + {args.map_weight} × (BCE + soft Dice) of the bleed map on slices "
+                    "whose blood is known (synthetic bleeds, real slices without bleed)"
+                    if self.spec.bleed_map
+                    else ""
+                ),
+                "synthetic_bleeds": (
+                    f"{args.synthetic:.0%} of the training slices without bleed were given a "
+                    "synthetic bleed (core.imaging.synthesis), drawn anew each epoch"
+                    if args.synthetic
+                    else None
+                ),
                 "ema_decay": args.ema or None,
                 "saved": "moving average of the weights"
                 if self.ema is not None and args.final == "average"
@@ -1066,5 +1112,3 @@ def run(args: argparse.Namespace) -> Trainer:
     finally:
         trainer.close()
     return trainer
-
-

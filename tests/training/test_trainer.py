@@ -340,3 +340,38 @@ def test_moving_average_warms_up_instead_of_keeping_the_initial_weights() -> Non
     # After three updates a constant 0.998 would still sit at the start; this one has moved.
     assert float((ema.module[0].weight.detach() - start).mean()) > 1.5
     assert int(ema.module[1].num_batches_tracked) == int(net[1].num_batches_tracked)
+
+
+def test_bleed_map_with_synthetic_bleeds_trains_both_heads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--bleed-map --synthetic: the head learns from synthetic masks (its weights move), the
+    card says how it was trained, and the saved model gives a map."""
+    png_dir = require(DATA / "rsna_png" / "images")
+    png_labels = DATA / "rsna_png" / "rsna_png_stage_2_train.csv"
+    folder = tmp_path / "png"
+    folder.mkdir()
+    for name in sorted(p.name for p in png_dir.glob("*.png"))[:32]:
+        (folder / name).write_bytes((png_dir / name).read_bytes())
+    out = tmp_path / "run"
+    argv = ["--png-dir", str(folder), "--labels", str(png_labels), "--arch", "tiny"]
+    argv += ["--size", "64", "--batch-size", "8", "--val-hash", "0.2", "--epochs", "1"]
+    argv += ["--bleed-map", "--synthetic", "1.0", "--out", str(out), "--no-progress"]
+    argv += ["--no-embeddings", "--save-weights", "m", "--weights-dir", str(tmp_path / "w")]
+    torch.manual_seed(0)
+    initial = build_model(ModelSpec("tiny", 64, bleed_map=True)).state_dict()
+    assert main(argv) == 0
+    loaded = load_checkpoint(tmp_path / "w" / "m.json")
+    assert loaded.spec.bleed_map and loaded.card.bleed_map == {"stride": 4}
+    training = loaded.card.training or {}
+    assert "bleed map" in training["loss"] and "100%" in training["synthetic_bleeds"]
+    state = loaded.model.state_dict()
+    assert not torch.equal(state["bleed_map.out.weight"], initial["bleed_map.out.weight"])
+    with torch.no_grad():
+        _, bleed = loaded.model.forward_with_map(torch.rand(1, 3, 64, 64))
+    assert bleed.shape == (1, 1, 16, 16)
+    # A resumed run must keep the synthetic share (it decides what the head learnt).
+    argv[argv.index("1.0")] = "0.5"
+    argv = argv[: argv.index("--save-weights")] + ["--resume"]
+    assert main(argv) == 2
+    assert "synthetic (was 1.0, now 0.5)" in capsys.readouterr().err
