@@ -1,12 +1,19 @@
-"""Where the bleed is and how large: a candidate hemorrhage mask and its volume (an estimate).
+"""Where the bleed is and how large: a hemorrhage mask and its volume.
 
-Why HU rules and not a segmentation network: no voxel-level labels exist here, only per-slice
-ones. Acute blood is denser than brain (about 50–90 HU against 20–45), so on the slices the
+Two sources of the mask. The first is the model's own bleed map (core.model.bleed_map, a
+segmentation head trained on synthetic bleeds with their masks): its probability, resized to
+the slice's grid, above the card's threshold, inside the skull, small specks removed
+(``mask_from_bleed_map``). The second, a fallback for a model without that head, is a density
+rule: acute blood is denser than brain (about 50–90 HU against 20–45), so on the slices the
 classifier flags, the candidate mask is the blood-density voxels inside the skull, kept as
 connected regions of a plausible size and, when a Grad-CAM map is given, only where the map of
-the flagged label is high. Volume = voxels × pixel spacing × spacing between slices; the
-clinical ABC/2 estimate (Kothari 1996) is given beside it, so a reader can compare with what
-they would measure by hand. Both are estimates, and the callers say so.
+the flagged label is high (``estimate_bleed``).
+
+Volume = Σ over slices of (voxels × pixel area × that slice's own extent along the patient
+axis): half the gap to the slice before plus half the gap to the slice after, so a series with
+2.7 mm slices below and 5.4 mm above (or with gaps, or thickness ≠ spacing) is measured as it
+was acquired (``slice_extents``). The clinical ABC/2 estimate (Kothari 1996) is given beside
+it, so a reader can compare with what they would measure by hand.
 """
 
 from __future__ import annotations
@@ -43,6 +50,21 @@ ABC2_METHOD = (
     "ABC/2 (Kothari 1996): A, B on the slice where the bleed is largest, C = slices × spacing"
 )
 ESTIMATE_NOTICE = "An estimate from density rules and the model's heatmap, not a segmentation."
+#: For volumes over time (each from its study's outline).
+VOLUME_NOTICE = "Each volume is measured on its study's outline: check the outlines first."
+
+#: Default share of the bleed map's probability from which a pixel is blood (the card's
+#: calibration may give its own, chosen on validation slices).
+MAP_THRESHOLD = 0.5
+MAP_METHOD = (
+    "the model's bleed map (segmentation head) ≥ {threshold:.2f}, resized to the slice, inside "
+    f"the skull (>{BONE_MARGIN_MM:.0f} mm from bone), regions ≥ {MIN_REGION_MM2:.0f} mm²; "
+    "Σ area × each slice's own extent along the patient axis"
+)
+MAP_NOTICE = (
+    "Outline and volume from the model's bleed map, trained on synthetic bleeds; its agreement "
+    "with hand-drawn outlines is on the model card. Check the outline before using the volume."
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +81,14 @@ class BleedEstimate:
     threshold: float | None = None  # P(any) from which slices were flagged, when known
     method: str = METHOD
     abc2_method: str = ABC2_METHOD
+    notice: str = ESTIMATE_NOTICE
+
+    @property
+    def scope(self) -> str:
+        """Which slices the mask was looked for on, in words."""
+        if self.threshold is None:
+            return f"{len(self.flagged)} slice(s) with blood in the map"
+        return f"{len(self.flagged)} slice(s) with P(any) ≥ {self.threshold:.2f}"
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -66,7 +96,7 @@ class BleedEstimate:
             "abc2_ml": round(self.abc2_ml, 2),
             "method": self.method,
             "abc2_method": self.abc2_method,
-            "notice": ESTIMATE_NOTICE,
+            "notice": self.notice,
             "slice_spacing_mm": round(self.slice_spacing_mm, 3),
             "flag_threshold_p_any": self.threshold,
             "flagged_slices": list(self.flagged),
@@ -81,6 +111,28 @@ def slice_spacing(z: Sequence[float]) -> float:
     steps = np.abs(np.diff(z))
     steps = steps[steps > 1e-3]
     return float(np.median(steps)) if steps.size else 0.0
+
+
+def slice_extents(z: Sequence[float]) -> np.ndarray:
+    """Each slice's own extent along the patient axis (mm): half the step to the slice before
+    plus half the step to the one after (the end slices count their one neighbour's step twice
+    over, i.e. a whole step). With mixed spacing each part of the series is measured with its
+    own; a single slice has no extent (0).
+
+    >>> slice_extents([0.0, 2.7, 5.4, 10.8, 16.2]).round(2).tolist()
+    [2.7, 2.7, 4.05, 5.4, 5.4]
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.size < 2:
+        return np.zeros(z.size)
+    order = np.argsort(z, kind="stable")
+    steps = np.abs(np.diff(z[order]))
+    ext = np.empty(z.size)
+    ext[1:-1] = (steps[:-1] + steps[1:]) / 2
+    ext[0], ext[-1] = steps[0], steps[-1]
+    out = np.empty(z.size)
+    out[order] = ext
+    return out
 
 
 def intracranial_mask(hu: np.ndarray, pixel_mm: float) -> np.ndarray:
@@ -163,30 +215,80 @@ def estimate_bleed(
     flagged: Sequence[int],
     cams: Mapping[int, np.ndarray] | None = None,
 ) -> BleedEstimate:
-    """Candidate mask and volume for a series' HU stack (T, H, W) on the ``flagged`` slices
-    (series indices), each optionally gated by its Grad-CAM map (same grid as the slice)."""
-    hu = np.asarray(hu)
-    if hu.ndim != 3:
-        raise ValueError(f"expected a (slices, rows, cols) stack, got shape {hu.shape}")
-    spacing = slice_spacing(z)
-    if spacing == 0.0 and len(z) == 1:
-        spacing = 0.0  # a single slice has no thickness to multiply by: volume 0, area given
+    """The fallback for a model without the bleed map: candidate mask and volume for a series'
+    HU stack (T, H, W) on the ``flagged`` slices (series indices), each optionally gated by its
+    Grad-CAM map (same grid as the slice)."""
+    hu = _stack(hu)
     px = (float(pixel_spacing[0]), float(pixel_spacing[1]))
     mask = np.zeros(hu.shape, dtype=bool)
     chosen = tuple(sorted({int(i) for i in flagged if 0 <= int(i) < hu.shape[0]}))
     for i in chosen:
         mask[i] = candidate_mask(hu[i], px, None if cams is None else cams.get(i))
+    return measure(mask, z, px, chosen)
+
+
+def mask_from_bleed_map(
+    hu: np.ndarray,
+    bleed_map: np.ndarray,
+    pixel_spacing: tuple[float, float],
+    threshold: float = MAP_THRESHOLD,
+) -> np.ndarray:
+    """The blood mask (T, H, W) of a series from its bleed map: the map's probabilities
+    (T, h, w), on a grid covering the whole slice, are resized to the slice's grid (bilinear, as
+    the slice was resized for the model), kept where ≥ ``threshold`` inside the skull, and
+    regions under MIN_REGION_MM2 are dropped."""
+    hu = _stack(hu)
+    bleed_map = np.asarray(bleed_map, dtype=np.float32)
+    if bleed_map.ndim != 3 or bleed_map.shape[0] != hu.shape[0]:
+        raise ValueError(f"a bleed map {bleed_map.shape} for a series of {hu.shape}")
+    px = (float(pixel_spacing[0]), float(pixel_spacing[1]))
+    mask = np.zeros(hu.shape, dtype=bool)
+    for i in np.flatnonzero(bleed_map.reshape(len(bleed_map), -1).max(axis=1) >= threshold):
+        prob = ndimage.zoom(
+            bleed_map[i],
+            (hu.shape[1] / bleed_map.shape[1], hu.shape[2] / bleed_map.shape[2]),
+            order=1,
+            grid_mode=True,
+            mode="nearest",
+        )
+        blood = (prob >= threshold) & intracranial_mask(hu[i], float(min(px)))
+        labels, n = ndimage.label(blood)
+        if n:
+            areas = ndimage.sum_labels(blood, labels, index=np.arange(1, n + 1)) * px[0] * px[1]
+            blood = np.isin(labels, np.flatnonzero(areas >= MIN_REGION_MM2) + 1)
+        mask[i] = blood
+    return mask
+
+
+def measure(
+    mask: np.ndarray,
+    z: Sequence[float],
+    pixel_spacing: tuple[float, float],
+    flagged: Sequence[int] | None = None,
+) -> BleedEstimate:
+    """Areas, volume (each slice's own extent, see ``slice_extents``) and ABC/2 of a mask
+    (T, H, W); ``flagged``: the slices examined (default: those with blood)."""
+    px = (float(pixel_spacing[0]), float(pixel_spacing[1]))
     pixel_area = px[0] * px[1]
     areas = mask.reshape(mask.shape[0], -1).sum(axis=1) * pixel_area
+    chosen = tuple(np.flatnonzero(areas).tolist()) if flagged is None else tuple(flagged)
+    spacing = slice_spacing(z)
     return BleedEstimate(
         mask=mask,
         flagged=chosen,
         area_mm2=tuple(float(a) for a in areas),
-        volume_ml=float(areas.sum() * spacing / 1000.0),
+        volume_ml=float((areas * slice_extents(z)).sum() / 1000.0),
         abc2_ml=abc2(mask, px, spacing),
         slice_spacing_mm=spacing,
         pixel_area_mm2=pixel_area,
     )
+
+
+def _stack(hu: np.ndarray) -> np.ndarray:
+    hu = np.asarray(hu)
+    if hu.ndim != 3:
+        raise ValueError(f"expected a (slices, rows, cols) stack, got shape {hu.shape}")
+    return hu
 
 
 def outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:

@@ -36,9 +36,18 @@ from torch import nn
 
 from core.dicom.study import Series, Study
 from core.errors import ModelError
-from core.imaging.volume import BleedEstimate, estimate_bleed
+from core.imaging.volume import (
+    MAP_METHOD,
+    MAP_NOTICE,
+    MAP_THRESHOLD,
+    BleedEstimate,
+    estimate_bleed,
+    mask_from_bleed_map,
+    measure,
+)
 from core.imaging.windowing import model_input
 from core.labels import LABELS
+from core.model.bleed_map import has_bleed_map
 from core.model.checkpoint import (
     DEFAULT_WEIGHTS_DIR,
     LoadedModel,
@@ -99,6 +108,10 @@ class StudyPrediction:
     cached: bool = False
     #: The CNN's own per-slice probabilities when a slice-context model refined ``probs``.
     cnn_probs: np.ndarray | None = None
+    #: Bleed probability per cell of each slice (slices, h, w), float16, read-only, on a
+    #: grid covering the whole slice (core.model.bleed_map); None for a model without the
+    #: segmentation head. Computed in the same pass as ``probs``.
+    bleed_map: np.ndarray | None = None
 
     @property
     def context_used(self) -> bool:
@@ -145,6 +158,15 @@ class StudyPrediction:
         }
 
 
+@dataclass(frozen=True, eq=False)
+class SeriesScores:
+    """What one pass over a series gives, as the cache keeps it: probabilities (slices, 6)
+    and, for a model with the segmentation head, the bleed map (slices, h, w)."""
+
+    probs: np.ndarray
+    bleed_map: np.ndarray | None = None
+
+
 @dataclass(frozen=True)
 class InferenceTiming:
     """Where a predict call spent its time; ``forward_s`` is the network alone."""
@@ -165,7 +187,7 @@ class InferenceTiming:
 
 
 class ResultCache:
-    """Bounded, thread-safe LRU of per-slice probability arrays.
+    """Bounded, thread-safe LRU of per-series results (SeriesScores).
 
     Concurrent requests for the same key compute once: the others wait for that result
     (a dashboard rerun while a study is being scored must not score it twice).
@@ -175,7 +197,7 @@ class ResultCache:
         if max_entries < 1:
             raise ValueError("a cache needs room for at least one entry")
         self.max_entries = max_entries
-        self._data: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._data: OrderedDict[Hashable, SeriesScores] = OrderedDict()
         self._pending: dict[Hashable, threading.Lock] = {}
         self._lock = threading.Lock()
 
@@ -191,7 +213,7 @@ class ResultCache:
         with self._lock:
             self._data.clear()
 
-    def _get(self, key: Hashable) -> np.ndarray | None:
+    def _get(self, key: Hashable) -> SeriesScores | None:
         with self._lock:
             value = self._data.get(key)
             if value is not None:
@@ -199,8 +221,8 @@ class ResultCache:
             return value
 
     def get_or_compute(
-        self, key: Hashable, compute: Callable[[], np.ndarray]
-    ) -> tuple[np.ndarray, bool]:
+        self, key: Hashable, compute: Callable[[], SeriesScores]
+    ) -> tuple[SeriesScores, bool]:
         """(value, was_cached); ``compute`` runs at most once at a time per key."""
         value = self._get(key)
         if value is not None:
@@ -337,6 +359,9 @@ IN_TRAINING_NOTE = (
 #: Most slices given a Grad-CAM for localisation (each costs about one forward pass).
 MAX_LOCALISED_SLICES = 24
 
+#: How the fallback's method begins: a reader must see it is not the model's outline.
+FALLBACK_PREFIX = "fallback for a model without a bleed map: "
+
 STUDY_BY_MAX = "maximum over the slices"
 STUDY_BY_CONTEXT = "slice-context model (1-D convolution over the slices in order)"
 
@@ -349,6 +374,7 @@ def _build_prediction(
     seconds: float,
     cached: bool,
     context: SliceContext | None = None,
+    bleed_map: np.ndarray | None = None,
 ) -> StudyPrediction:
     if context is not None:
         probs, study_any = apply_context(context, cnn_probs)
@@ -379,6 +405,7 @@ def _build_prediction(
         seconds=seconds,
         cached=cached,
         cnn_probs=cnn_probs if context is not None else None,
+        bleed_map=bleed_map,
     )
 
 
@@ -494,12 +521,12 @@ class Predictor:
         n = series.n_slices
         forward_s = 0.0
 
-        def compute() -> np.ndarray:
+        def compute() -> SeriesScores:
             nonlocal forward_s
-            probs, forward_s = self._score(series, progress)
-            return probs
+            scores, forward_s = self._score(series, progress)
+            return scores
 
-        probs, cached = self.cache.get_or_compute(self.cache_key(series), compute)
+        scores, cached = self.cache.get_or_compute(self.cache_key(series), compute)
         if cached and progress is not None:
             progress(n, n)
         seconds = time.perf_counter() - start
@@ -520,7 +547,14 @@ class Predictor:
                 self.device,
             )
         return _build_prediction(
-            series, study_uid, self.weights_identity, probs, seconds, cached, self.context
+            series,
+            study_uid,
+            self.weights_identity,
+            scores.probs,
+            seconds,
+            cached,
+            self.context,
+            scores.bleed_map,
         )
 
     def explain(self, series: Series, slice_index: int, label: str) -> Heatmap:
@@ -551,6 +585,18 @@ class Predictor:
         value = self.loaded.card.threshold("slice_any")
         return float(value) if isinstance(value, int | float) and 0 < value < 1 else 0.5
 
+    @property
+    def has_bleed_map(self) -> bool:
+        """Whether the model gives a bleed map (segmentation head) with its probabilities."""
+        return has_bleed_map(self.model)
+
+    @property
+    def bleed_map_threshold(self) -> float:
+        """The map's probability from which a pixel is blood: the card's calibration (chosen
+        on validation slices with synthetic bleeds), else MAP_THRESHOLD."""
+        value = (self.loaded.card.calibration or {}).get("bleed_map_threshold")
+        return float(value) if isinstance(value, int | float) and 0 < value < 1 else MAP_THRESHOLD
+
     def localise(
         self,
         series: Series,
@@ -560,33 +606,68 @@ class Predictor:
         threshold: float | None = None,
         max_slices: int = MAX_LOCALISED_SLICES,
     ) -> BleedEstimate:
-        """Candidate bleed mask and volume on the slices flagged for ``label`` (at most
-        ``max_slices``, the most probable), each gated by its Grad-CAM map (core.imaging.volume)."""
+        """Bleed mask and volume of the series.
+
+        With the segmentation head: from the bleed map computed with the probabilities (no
+        further pass), every slice, at the card's map threshold. Without it (the fallback,
+        named as such in ``method``): density rules on the slices flagged for ``label`` (at
+        most ``max_slices``, the most probable), each gated by its Grad-CAM map.
+        """
+        spacing = series.pixel_spacing or (1.0, 1.0)
+        z = [s.z for s in series.slices]
+        if prediction.bleed_map is not None:
+            cut = self.bleed_map_threshold
+            mask = mask_from_bleed_map(series.hu, prediction.bleed_map, spacing, cut)
+            return dataclasses.replace(
+                measure(mask, z, spacing),
+                threshold=None,
+                method=MAP_METHOD.format(threshold=cut),
+                notice=MAP_NOTICE,
+            )
         j = LABELS.index(label)
         cut = self.slice_threshold if threshold is None else threshold
         p = np.asarray(prediction.probs)[:, j]
         flagged = [int(i) for i in np.argsort(-p, kind="stable")[:max_slices] if p[i] >= cut]
         cams = {i: self.explain(series, i, label).cam for i in flagged}
-        spacing = series.pixel_spacing or (1.0, 1.0)
-        estimate = estimate_bleed(series.hu, [s.z for s in series.slices], spacing, flagged, cams)
-        return dataclasses.replace(estimate, threshold=float(cut))
+        estimate = estimate_bleed(series.hu, z, spacing, flagged, cams)
+        return dataclasses.replace(
+            estimate, threshold=float(cut), method=FALLBACK_PREFIX + estimate.method
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities (float32, CPU) of a model-ready batch (n, 3, size, size):
         sigmoid(logit / T) with the card's temperatures; under the model's lock."""
+        return self._forward(x, with_map=False)[0]
+
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``forward`` and, for a model with the segmentation head, the bleed map's
+        probabilities (n, size/4, size/4), float32 on the CPU, from the same pass."""
+        return self._forward(x, with_map=self.has_bleed_map)
+
+    def _forward(self, x: torch.Tensor, with_map: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = x.to(self.device, non_blocking=True)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
         with self.lock, torch.inference_mode(), autocast:
-            logits = self.model(x).float()
+            bleed = None
+            if with_map:
+                logits, map_logits = self.model(x, with_map=True)
+                bleed = torch.sigmoid(map_logits.float())[:, 0].cpu()
+            else:
+                logits = self.model(x)
+            logits = logits.float()
             t = torch.tensor(self.temperature, dtype=torch.float32, device=logits.device)
-            return torch.sigmoid(logits / t).cpu()
+            return torch.sigmoid(logits / t).cpu(), bleed
 
     # ----------------------------------------------------------------------- internals
 
-    def _score(self, series: Series, progress: ProgressCallback | None) -> tuple[np.ndarray, float]:
-        """(probs, seconds in the network) for every slice, batch by batch."""
+    def _score(
+        self, series: Series, progress: ProgressCallback | None
+    ) -> tuple[SeriesScores, float]:
+        """(probabilities and bleed map, seconds in the network) for every slice, batch by
+        batch."""
         n = series.n_slices
         out = np.empty((n, len(LABELS)), dtype=np.float32)
+        maps: np.ndarray | None = None
         forward_s = 0.0
         if progress is not None:
             progress(0, n)
@@ -595,17 +676,24 @@ class Predictor:
             x = model_input(series.hu[lo:hi], self.spec.input_size, self.spec.windows)
             x = x.contiguous(memory_format=torch.channels_last)
             t = time.perf_counter()
-            out[lo:hi] = self.forward(x).numpy()
+            probs, bleed = self.forward_with_map(x)
             forward_s += time.perf_counter() - t
+            out[lo:hi] = probs.numpy()
+            if bleed is not None:
+                if maps is None:
+                    maps = np.empty((n, *bleed.shape[1:]), dtype=np.float16)
+                maps[lo:hi] = bleed.numpy()
             if progress is not None:
                 progress(hi, n)
-        if not np.isfinite(out).all():
+        if not np.isfinite(out).all() or (maps is not None and not np.isfinite(maps).all()):
             raise ModelError(
                 "The model produced invalid numbers (NaN or infinity) on this series; no "
                 "probabilities are shown. The weights may be damaged: re-install the model."
             )
         out.flags.writeable = False
-        return out, forward_s
+        if maps is not None:
+            maps.flags.writeable = False
+        return SeriesScores(out, maps), forward_s
 
 
 def _shown(path: Path) -> str:
@@ -624,6 +712,7 @@ __all__ = [
     "Predictor",
     "ProgressCallback",
     "ResultCache",
+    "SeriesScores",
     "SlicePrediction",
     "StudyPrediction",
     "resolve_device",

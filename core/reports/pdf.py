@@ -23,7 +23,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from core.dicom.study import Study
-from core.imaging.volume import ESTIMATE_NOTICE, BleedEstimate, draw_outline
+from core.imaging.volume import BleedEstimate, draw_outline
 from core.imaging.windowing import BRAIN, apply_window
 from core.inference.predictor import Predictor, StudyPrediction
 from core.labels import LABELS
@@ -152,8 +152,8 @@ def render_pdf(data: ReportInput, created: datetime | None = None) -> bytes:
         e = data.estimate
         right += [
             f"Estimated bleed volume: {e.volume_ml:.1f} mL (voxel count)",
-            f"ABC/2: {e.abc2_ml:.1f} mL, on {len(e.flagged)} flagged slice(s).",
-            ESTIMATE_NOTICE,
+            f"ABC/2: {e.abc2_ml:.1f} mL, on {e.scope}.",
+            e.notice,
         ]
     else:
         right.append("Bleed volume: not estimated.")

@@ -8,7 +8,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from core.dicom.study import Study
-from core.imaging.volume import ESTIMATE_NOTICE
+from core.imaging.volume import VOLUME_NOTICE
 from core.inference.predictor import Predictor
 from core.review.monitoring import (
     DEFINITION,
@@ -94,4 +94,4 @@ def render(sess: Session, store: ReviewStore, predictor: Predictor | None, study
                 st.error(f"**Possible hematoma expansion.** {text}")
             else:
                 st.write(text)
-        st.caption(f"Expansion: {DEFINITION}. {ESTIMATE_NOTICE}")
+        st.caption(f"Expansion: {DEFINITION}. {VOLUME_NOTICE}")

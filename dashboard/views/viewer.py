@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.dicom.study import Study
-from core.imaging.volume import ESTIMATE_NOTICE, draw_outline
+from core.imaging.volume import draw_outline
 from core.imaging.windowing import PRESETS, apply_window
 from core.inference.predictor import IN_TRAINING_NOTE, Predictor, StudyPrediction
 from core.labels import LABELS
@@ -239,10 +239,9 @@ def render(
         if bleed is not None:
             st.markdown(
                 f"**Estimated bleed volume: {bleed.volume_ml:.1f} mL** (voxel count; ABC/2 "
-                f"{bleed.abc2_ml:.1f} mL) on {len(bleed.flagged)} slice(s) with P(any) ≥ "
-                f"{bleed.threshold:.2f}."
+                f"{bleed.abc2_ml:.1f} mL) on {bleed.scope}."
             )
-            st.caption(f"{ESTIMATE_NOTICE} Method: {bleed.method}.")
+            st.caption(f"{bleed.notice} Method: {bleed.method}.")
         if heat is not None:
             st.image(colorbar_image(), width="stretch", output_format="PNG")
             st.caption(f"low ← relative Grad-CAM → high. {CAM_NOTE}")

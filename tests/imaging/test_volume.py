@@ -15,6 +15,8 @@ from core.imaging.volume import (
     BleedEstimate,
     draw_outline,
     estimate_bleed,
+    mask_from_bleed_map,
+    measure,
     slice_spacing,
 )
 
@@ -138,3 +140,53 @@ def test_real_studies_positive_slices_give_volume_normal_brain_little(
     assert per_slice_pos > 3 * per_slice_neg
     # and half the normal studies stay under 5 mL even with every slice examined
     assert sum(e.volume_ml < 5.0 for e in negative) >= 5
+
+
+# --------------------------------------------------------------------------- the bleed map
+
+
+def sphere_phantom(
+    ml: float, z: np.ndarray, zc: float = 0.0, px: float = 0.5, size: int = 256
+) -> np.ndarray:
+    """Skull ring, brain, and a sphere of ``ml`` blood centred at ``zc``: HU (n, size²)."""
+    radius = (3 * ml * 1000 / (4 * math.pi)) ** (1 / 3)
+    yy, xx = np.mgrid[:size, :size].astype(float) * px
+    c = size / 2 * px
+    r = np.hypot(yy - c, xx - c)
+    hu = np.full((len(z), size, size), -1000, np.int16)
+    for k, zk in enumerate(z):
+        hu[k][r < 62] = 1000
+        hu[k][r < 57] = 35
+        hu[k][(yy - c) ** 2 + (xx - c - 8) ** 2 + (zk - zc) ** 2 <= radius**2] = 70
+    return hu
+
+
+@pytest.mark.parametrize("ml", [5.0, 20.0, 60.0])
+def test_volume_uses_each_slice_own_extent_on_mixed_spacing(ml: float) -> None:
+    """The shape of ID_286f17f9e7: 2.7 mm slices below, 5.4 mm above. A single spacing
+    (the median) misses the volume by a third; each slice's own extent gets it."""
+    z = np.concatenate([np.arange(-27, 0, 2.7), np.arange(0, 60, 5.4)])
+    hu = sphere_phantom(ml, z, zc=0.0)  # half the sphere in each part
+    est = measure(hu == 70, z, (0.5, 0.5))
+    assert est.volume_ml == pytest.approx(ml, rel=0.08)
+    one_spacing = float(np.sum(est.area_mm2)) * slice_spacing(z) / 1000
+    assert abs(one_spacing - ml) > 0.25 * ml
+
+
+def test_mask_from_the_bleed_map_keeps_blood_inside_the_skull() -> None:
+    z = np.arange(3) * 5.0
+    hu = sphere_phantom(20.0, z, zc=5.0)
+    size = hu.shape[1]
+    grid = np.zeros((3, size // 4, size // 4), np.float32)
+    grid[1, 28:36, 28:38] = 0.9  # over the blood, inside the skull
+    grid[1, 0:6, 0:6] = 0.95  # outside the head: dropped
+    grid[2, 40, 40] = 0.6  # one 2 mm cell: under the smallest region, dropped
+    mask = mask_from_bleed_map(hu, grid, (0.5, 0.5), threshold=0.5)
+    assert mask.shape == hu.shape and mask[0].sum() == 0 and mask[2].sum() == 0
+    rows, cols = np.nonzero(mask[1])
+    assert rows.min() >= 28 * 4 - 4 and rows.max() < 36 * 4 + 4
+    assert cols.min() >= 28 * 4 - 4 and cols.max() < 38 * 4 + 4
+    assert mask[1].sum() > 0.8 * (8 * 4) * (10 * 4)
+    assert mask_from_bleed_map(hu, grid, (0.5, 0.5), threshold=0.95).sum() == 0
+    with pytest.raises(ValueError, match="bleed map"):
+        mask_from_bleed_map(hu, grid[:2], (0.5, 0.5))

@@ -19,6 +19,7 @@ from core.dicom.study import Study, load_studies
 from core.errors import ModelError
 from core.imaging.windowing import model_input
 from core.inference.predictor import (
+    FALLBACK_PREFIX,
     InferenceTiming,
     Predictor,
     ResultCache,
@@ -403,3 +404,44 @@ def test_localise_examines_the_flagged_slices_with_their_heatmaps(
     capped = predictor.localise(study.default_series, prediction, threshold=0.0, max_slices=2)
     assert len(capped.flagged) == 2
     assert predictor.slice_threshold == 0.5  # the tiny card records no operating threshold
+
+
+def test_a_model_with_the_bleed_map_gives_it_in_the_same_pass(tmp_path: Path, study: Study) -> None:
+    """One forward per batch gives probabilities and map; the outline and volume come from the
+    map (every slice, the card's threshold), not from the fallback rule or Grad-CAM."""
+    spec = ModelSpec("tiny", 64, bleed_map=True)
+    torch.manual_seed(0)
+    net = build_model(spec)
+    with torch.no_grad():  # a map that is high on the left half of every slice
+        net.bleed_map.out.weight.zero_()
+        net.bleed_map.out.bias.fill_(4.0)
+    card = save_checkpoint(net.eval(), spec, tmp_path, "with-map")
+    predictor = _predictor(load_checkpoint(card))
+    counter = ForwardCounter(predictor.model)
+    series = study.default_series
+    prediction = predictor.predict(study)
+    assert counter.calls == math.ceil(series.n_slices / 4)
+    assert prediction.bleed_map is not None and prediction.bleed_map.shape == (
+        series.n_slices,
+        16,
+        16,
+    )
+    assert not prediction.bleed_map.flags.writeable
+    assert float(prediction.bleed_map.min()) > 0.95  # sigmoid(4)
+    again = predictor.predict(study)
+    assert again.cached and again.bleed_map is prediction.bleed_map
+    est = predictor.localise(series, prediction)
+    assert counter.calls == math.ceil(series.n_slices / 4)  # no Grad-CAM, no further pass
+    assert est.method.startswith("the model's bleed map") and est.threshold is None
+    assert "bleed map" in est.notice
+    # Inside the skull only: the map says "blood" everywhere, the mask keeps the cavity.
+    inside = est.mask.sum(axis=(1, 2))
+    assert inside.max() > 0 and est.mask.sum() < 0.6 * est.mask.size
+    assert est.volume_ml > 100  # the whole cranial cavity of the slices with one
+    # Without the head: the fallback, named as such.
+    plain = _predictor(loaded_plain := load_checkpoint(make_tiny_checkpoint(tmp_path / "p")))
+    assert loaded_plain.spec.bleed_map is False
+    p2 = plain.predict(study)
+    assert p2.bleed_map is None
+    fallback = plain.localise(series, p2, threshold=float(np.sort(p2.probs[:, 0])[-2]))
+    assert fallback.method.startswith(FALLBACK_PREFIX)
