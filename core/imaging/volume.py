@@ -232,11 +232,14 @@ def mask_from_bleed_map(
     bleed_map: np.ndarray,
     pixel_spacing: tuple[float, float],
     threshold: float = MAP_THRESHOLD,
+    *,
+    within_skull: bool = True,
 ) -> np.ndarray:
     """The blood mask (T, H, W) of a series from its bleed map: the map's probabilities
     (T, h, w), on a grid covering the whole slice, are resized to the slice's grid (bilinear, as
     the slice was resized for the model), kept where ≥ ``threshold`` inside the skull, and
-    regions under MIN_REGION_MM2 are dropped."""
+    regions under MIN_REGION_MM2 are dropped. ``within_skull=False`` leaves out the skull test,
+    which needs bone in HU (a 0–80 HU brain-window image has none)."""
     hu = _stack(hu)
     bleed_map = np.asarray(bleed_map, dtype=np.float32)
     if bleed_map.ndim != 3 or bleed_map.shape[0] != hu.shape[0]:
@@ -251,7 +254,9 @@ def mask_from_bleed_map(
             grid_mode=True,
             mode="nearest",
         )
-        blood = (prob >= threshold) & intracranial_mask(hu[i], float(min(px)))
+        blood = prob >= threshold
+        if within_skull:
+            blood &= intracranial_mask(hu[i], float(min(px)))
         labels, n = ndimage.label(blood)
         if n:
             areas = ndimage.sum_labels(blood, labels, index=np.arange(1, n + 1)) * px[0] * px[1]

@@ -605,6 +605,7 @@ class Predictor:
         label: str = "any",
         threshold: float | None = None,
         max_slices: int = MAX_LOCALISED_SLICES,
+        map_threshold: float | None = None,
     ) -> BleedEstimate:
         """Bleed mask and volume of the series.
 
@@ -612,11 +613,12 @@ class Predictor:
         further pass), every slice, at the card's map threshold. Without it (the fallback,
         named as such in ``method``): density rules on the slices flagged for ``label`` (at
         most ``max_slices``, the most probable), each gated by its Grad-CAM map.
+        ``map_threshold`` replaces the card's map threshold (to measure others).
         """
         spacing = series.pixel_spacing or (1.0, 1.0)
         z = [s.z for s in series.slices]
         if prediction.bleed_map is not None:
-            cut = self.bleed_map_threshold
+            cut = self.bleed_map_threshold if map_threshold is None else map_threshold
             mask = mask_from_bleed_map(series.hu, prediction.bleed_map, spacing, cut)
             return dataclasses.replace(
                 measure(mask, z, spacing),

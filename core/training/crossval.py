@@ -420,5 +420,3 @@ def format_report(report: dict[str, Any]) -> str:
         )
     lines.append(report["summary"])
     return "\n".join(lines)
-
-

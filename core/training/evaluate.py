@@ -618,5 +618,3 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append("")
         lines += [f"! {text}" for text in result["warnings"]]
     return "\n".join(lines)
-
-
