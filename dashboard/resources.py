@@ -61,7 +61,14 @@ def bleed_estimate(
     _prediction: object,
     pixel_hash: str,
     threshold: float | None = None,
+    map_threshold: float | None = None,
 ) -> BleedEstimate:
-    """Candidate mask and volume of one series (Grad-CAM on the slices flagged at
-    ``threshold``, default the model's), once per (weights, pixels, threshold)."""
-    return _predictor.localise(_series, _prediction, threshold=threshold)  # type: ignore[arg-type]
+    """Mask and volume of one series, once per (weights, pixels, thresholds): from the bleed
+    map at ``map_threshold`` (default the card's), or for a model without one the fallback
+    rule on the slices flagged at ``threshold``."""
+    return _predictor.localise(
+        _series,
+        _prediction,  # type: ignore[arg-type]
+        threshold=threshold,
+        map_threshold=map_threshold,
+    )

@@ -191,11 +191,38 @@ def render(
         heat = None
         bleed = None
         if prediction is not None and predictor is not None:
-            if st.toggle(
-                "Outline candidate bleed",
+            if predictor.has_bleed_map:
+                outline_on = st.toggle(
+                    "Outline bleed (model's bleed map)",
+                    key="outline-on",
+                    help="The outline and volume from the model's segmentation head, computed "
+                    "with the probabilities. Its agreement with hand-drawn outlines is on the "
+                    "model card.",
+                )
+                if outline_on:
+                    cut = st.slider(
+                        "Bleed map threshold",
+                        0.05,
+                        0.95,
+                        round(predictor.bleed_map_threshold * 20) / 20,
+                        0.05,
+                        key="outline-map-threshold",
+                        help="Default: chosen on validation slices (model card), else 0.5.",
+                    )
+                    bleed = resources.bleed_estimate(
+                        predictor,
+                        prediction.weights_identity,
+                        series,
+                        prediction,
+                        series.pixel_hash,
+                        map_threshold=cut,
+                    )
+            elif st.toggle(
+                "Outline candidate bleed (fallback rule)",
                 key="outline-on",
-                help="Blood-density regions inside the skull where the Grad-CAM is high, on "
-                "the slices the model flags. An estimate, not a segmentation.",
+                help="This model has no bleed map: blood-density regions inside the skull "
+                "where the Grad-CAM is high, on the slices the model flags. An estimate, not a "
+                "segmentation.",
             ):
                 cut = st.slider(
                     "Outline slices from P(any)",

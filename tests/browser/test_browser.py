@@ -309,7 +309,7 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     caption = _slice_figure(page).get_by_test_id("stImageCaption")
     expect(caption).to_contain_text(f"Slice {target} of {study.default_series.n_slices} ")
 
-    main.get_by_text("Outline candidate bleed", exact=True).click()
+    main.get_by_text("Outline candidate bleed (fallback rule)", exact=True).click()
     expect(caption).to_contain_text("outlined", timeout=FIRST_PREDICTION_TIMEOUT_MS)
     # lower the flagging threshold on its slider (0.05 per key press)
     cut = main.get_by_test_id("stSlider").filter(has_text="Outline slices from P(any)")
