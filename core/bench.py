@@ -80,7 +80,7 @@ def load_baseline(paths: list[Path]) -> int:
                     np.asarray(
                         Image.fromarray(
                             np.clip((hu - w.low) / w.width, 0, 1).astype(np.float32)
-                        ).resize((MODEL_SIZE, MODEL_SIZE), Image.BILINEAR)
+                        ).resize((MODEL_SIZE, MODEL_SIZE), Image.Resampling.BILINEAR)
                     )
                     for w in MODEL_WINDOWS
                 ]

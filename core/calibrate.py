@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 keep = [k for k, lab in enumerate(found) if lab is not None]
                 if not keep:
                     continue
-                yy = np.stack([found[k] for k in keep]).astype(np.int8)
+                yy = np.stack([lab for lab in found if lab is not None]).astype(np.int8)
                 pp = np.asarray(pred.probs)[keep].astype(np.float64)
                 ys.append(yy)
                 ps.append(pp)

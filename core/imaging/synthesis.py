@@ -496,7 +496,7 @@ def _intraventricular(
         n, size=min(n, int(rng.integers(1, 3))), replace=False, p=sizes**2 / (sizes**2).sum()
     )
     shape = np.zeros(a.ventricles.shape, bool)
-    rows = np.arange(shape.shape[0])[:, None]
+    rows = np.arange(len(shape))[:, None]
     for k in order:
         comp = lab == k + 1
         ys = np.flatnonzero(comp.any(axis=1))

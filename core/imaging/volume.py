@@ -105,10 +105,10 @@ class BleedEstimate:
 
 def slice_spacing(z: Sequence[float]) -> float:
     """Spacing between slices (mm) from their positions: the median step (gaps do not count)."""
-    z = np.asarray(z, dtype=np.float64)
-    if z.size < 2:
+    zs = np.asarray(z, dtype=np.float64)
+    if zs.size < 2:
         return 0.0
-    steps = np.abs(np.diff(z))
+    steps = np.abs(np.diff(zs))
     steps = steps[steps > 1e-3]
     return float(np.median(steps)) if steps.size else 0.0
 
@@ -122,15 +122,15 @@ def slice_extents(z: Sequence[float]) -> np.ndarray:
     >>> slice_extents([0.0, 2.7, 5.4, 10.8, 16.2]).round(2).tolist()
     [2.7, 2.7, 4.05, 5.4, 5.4]
     """
-    z = np.asarray(z, dtype=np.float64)
-    if z.size < 2:
-        return np.zeros(z.size)
-    order = np.argsort(z, kind="stable")
-    steps = np.abs(np.diff(z[order]))
-    ext = np.empty(z.size)
+    zs = np.asarray(z, dtype=np.float64)
+    if zs.size < 2:
+        return np.zeros(zs.size)
+    order = np.argsort(zs, kind="stable")
+    steps = np.abs(np.diff(zs[order]))
+    ext = np.empty(zs.size)
     ext[1:-1] = (steps[:-1] + steps[1:]) / 2
     ext[0], ext[-1] = steps[0], steps[-1]
-    out = np.empty(z.size)
+    out = np.empty(zs.size)
     out[order] = ext
     return out
 

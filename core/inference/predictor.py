@@ -443,7 +443,9 @@ class Predictor:
             _configure_cpu()
         self.loaded = loaded
         self.spec = loaded.spec
-        self.model: nn.Module = loaded.model.to(self.device, memory_format=torch.channels_last)
+        self.model: nn.Module = loaded.model.to(  # type: ignore[call-overload]
+            self.device, memory_format=torch.channels_last
+        )
         self.model.eval()
         #: The slice-context model applied to the CNN's output (None: study score = maximum).
         self.context: SliceContext | None = loaded.context if use_context else None

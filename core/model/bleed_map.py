@@ -65,7 +65,7 @@ class BleedMapResNet(ResNet):
     """A torchvision ResNet/ResNeXt with the bleed-map head (``bleed_map``)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)
         widths = tuple(
             layer[-1].conv3.out_channels  # Bottleneck blocks
             for layer in (self.layer1, self.layer2, self.layer3, self.layer4)
@@ -80,7 +80,7 @@ class BleedMapResNet(ResNet):
             out.append(x)
         return out
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, x: torch.Tensor, with_map: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """(n, 3, S, S) → logits (n, labels), as any ResNet; with ``with_map`` also the
@@ -94,7 +94,7 @@ class BleedMapResNet(ResNet):
 
     def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and bleed-map logits (see ``forward``)."""
-        logits, bleed = self.forward(x, with_map=True)  # type: ignore[misc]
+        logits, bleed = self.forward(x, with_map=True)
         return logits, bleed
 
 

@@ -79,8 +79,10 @@ class SliceContext(nn.Module):
         self.position = nn.Sequential(
             nn.Linear(2, spec.hidden), nn.Tanh(), nn.Linear(spec.hidden, N_LABELS)
         )
-        nn.init.zeros_(self.position[2].weight)
-        nn.init.zeros_(self.position[2].bias)
+        last = self.position[2]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         self.study_gain_raw = nn.Parameter(torch.tensor(_softplus_inv(1.0)))
         self.study_bias = nn.Parameter(torch.zeros(()))
 

@@ -60,7 +60,7 @@ class GradCamExplainer:
         temperature: tuple[float, ...] | None = None,
     ) -> None:
         try:
-            self.target_layer: nn.Module = model.layer4[-1]  # type: ignore[index]
+            self.target_layer: nn.Module = model.layer4[-1]  # type: ignore[index,assignment]
         except (AttributeError, IndexError, TypeError):
             raise ModelError(
                 f"Heatmaps are not available for the architecture {spec.arch}."

@@ -21,6 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ def synthetic_threshold(
     normal_ids: Sequence[str],
     limit: int = 240,
     batch: int = 16,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Paint one synthetic bleed (seeded by image id) into each of the first ``limit`` usable
     normal validation slices, and return the threshold whose pooled Dice is highest with the
     Dice at every threshold tried."""
@@ -151,7 +152,7 @@ def hemseg_report(
     png_dir: Path,
     studies_dir: Path | None,
     threshold: float,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The map at ``threshold`` against the real masks: brain-window slices (Dice on those with
     blood, outlined area on those without) and whole studies through the app (volume, Dice)."""
     rows = read_hemseg(hemseg_dir / "hemseg_masks.csv")

@@ -65,6 +65,13 @@ def label_for(labels: dict[str, np.ndarray], sop: str) -> np.ndarray | None:
     return found if found is not None else labels.get(f"ID_{sop}")
 
 
+def _labelled(labels: dict[str, np.ndarray], sop: str) -> np.ndarray:
+    found = label_for(labels, sop)
+    if found is None:  # callers keep only labelled rows
+        raise KeyError(sop)
+    return found
+
+
 def patient_key(patient_id: str, study_uid: str) -> str:
     """Group key for splitting: a hash of the PatientID (the study when it is empty), so that
     no file or log written by training ever holds the identifier itself."""
@@ -460,7 +467,7 @@ def from_dicom_folder(
         patient_keys=np.array([r[4] for r, _ in ordered], dtype=str),
         slice_index=np.array([i for _, i in ordered], dtype=np.int64),
         z=np.array([float(r[5]) if r[5] else float(i) for r, i in ordered], dtype=np.float64),
-        labels=np.stack([label_for(labels, r[1]) for r, _ in ordered]).astype(np.float32),
+        labels=np.stack([_labelled(labels, r[1]) for r, _ in ordered]).astype(np.float32),
         source="folder of ID_<sop>.dcm files (challenge layout)",
         paths=np.array([str(folder / r[0]) for r, _ in ordered], dtype=str),
         hu_range=hu_range,
@@ -576,8 +583,8 @@ def augment_with_mask(
         if mask is not None:
             mask = F.grid_sample(mask.float(), grid, mode="bilinear", align_corners=False)
     if config.contrast > 0:
-        level = float(windows[0].level)
-        x = (x - level) * contrast.to(device, torch.float32).view(b, 1, 1, 1) + level
+        brain = float(windows[0].level)
+        x = (x - brain) * contrast.to(device, torch.float32).view(b, 1, 1, 1) + brain
     if noise is not None:
         x = x + noise.to(device) * sigma.to(device, torch.float32).view(b, 1, 1, 1)
 

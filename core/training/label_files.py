@@ -115,10 +115,10 @@ def read_labels(path: str | Path, fmt: str = "auto") -> LabelSet:
             if len(row) < len(header):
                 raise InputError(f"{where}: {len(row)} fields, the header has {len(header)}")
             sop = row[col["image_id"]].strip()
-            value = tuple(_label_value(row[col[x]].strip(), where) for x in LABELS)
-            if labels.get(sop, value) != value:
+            parsed = tuple(_label_value(row[col[x]].strip(), where) for x in LABELS)
+            if labels.get(sop, parsed) != parsed:
                 raise InputError(f"{where}: {sop} appears twice with different labels")
-            labels[sop] = value
+            labels[sop] = parsed
             if study_col is not None:
                 studies[sop] = row[study_col].strip()
     if not labels:

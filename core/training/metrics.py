@@ -186,8 +186,9 @@ def bootstrap_ci(
         clusters = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
     values: list[float] = []
     for _ in range(n_boot):
+        idx: np.ndarray
         if clusters is None:
-            idx = rng.integers(0, n, n)
+            idx = np.asarray(rng.integers(0, n, size=n))
         else:
             picked = rng.integers(0, len(clusters), len(clusters))
             idx = np.concatenate([clusters[k] for k in picked])
@@ -285,7 +286,7 @@ class ReliabilityRow(NamedTuple):
 
     bin_low: float
     bin_high: float
-    count: int
+    count: int  # type: ignore[assignment]  # (shadows tuple.count, as the table names it)
     mean_predicted: float | None
     observed_rate: float | None
 

@@ -279,11 +279,10 @@ def init_distributed(device_choice: str | None) -> tuple[DistInfo, torch.device]
         device = torch.device("cuda", info.local_rank)
     else:
         device = torch.device("cpu")
-    dist.init_process_group(
-        "nccl" if cuda else "gloo",
-        timeout=timedelta(minutes=60),
-        **({"device_id": device} if cuda else {}),
-    )
+    if cuda:
+        dist.init_process_group("nccl", timeout=timedelta(minutes=60), device_id=device)
+    else:
+        dist.init_process_group("gloo", timeout=timedelta(minutes=60))
     return info, device
 
 
@@ -434,7 +433,7 @@ class Trainer:
         if args.init is not None:
             self.init_report = load_init_weights(model, args.init)
             self._info(f"--init {args.init.name}: {self.init_report}")
-        self.model = model.to(self.device, memory_format=torch.channels_last)
+        self.model = model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         # The moving average (weights and BatchNorm statistics) is what is validated and
         # saved: on a few thousand slices the raw weights swing from epoch to epoch.
         self.ema: AveragedModel | None = (
@@ -449,7 +448,8 @@ class Trainer:
             if self.dist.active
             else self.model
         )
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, param in self.model.named_parameters():
             (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
         self.optimizer = torch.optim.AdamW(
@@ -477,7 +477,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler[Any] = DistributedSampler(
             SliceDataset(self.table, self.train_idx),
             num_replicas=self.dist.world,
             rank=self.dist.rank,
@@ -716,7 +716,9 @@ class Trainer:
             if not self.drop_last or i + b <= len(order)
         ]
 
-    def _loader(self, dataset: SliceDataset, batches: list[list[int]]) -> DataLoader:
+    def _loader(
+        self, dataset: SliceDataset | SyntheticBleedSlices, batches: list[list[int]]
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_sampler=batches,
@@ -833,10 +835,12 @@ class Trainer:
         indices = np.asarray(indices, dtype=np.int64)
         mine = indices[self.dist.rank :: self.dist.world]
         model = self.final_model.eval()
+        head = model.fc
+        assert isinstance(head, nn.Linear)
         probs: list[torch.Tensor] = []
         feats: list[torch.Tensor] = []
         hook = (
-            model.fc.register_forward_hook(
+            head.register_forward_hook(
                 lambda _m, inp, _o: feats.append(inp[0].detach().to("cpu", torch.float16))
             )
             if features
@@ -853,7 +857,7 @@ class Trainer:
         finally:
             if hook is not None:
                 hook.remove()
-        dim = model.fc.in_features
+        dim = head.in_features
         p = torch.cat(probs) if probs else torch.zeros(0, len(LABELS))
         f = torch.cat(feats) if feats else torch.zeros(0, dim, dtype=torch.float16)
         p_all = self._gather_rows(p, len(indices)).numpy()
@@ -999,7 +1003,7 @@ class Trainer:
                 f"validation split ({self.split_info['description']}, "
                 f"{self.split_info['val_studies']} studies, {len(self.val_idx)} slices)"
             )
-            card_metrics = {where: metrics}
+            card_metrics: dict[str, dict[str, Any]] = {where: metrics}
         else:
             last = self.history[-1]["train_loss"] if self.history else None
             card_metrics = {"training data (no validation split)": {"train_loss_last_epoch": last}}

@@ -75,7 +75,7 @@ def render(
                     study_instance_uid=uid,
                     series_instance_uid=study.default_series.series_instance_uid,
                     reviewer=reviewer,
-                    overall=overall,
+                    overall=str(overall),
                     label_agreement=agreement,
                     notes=notes,
                     model_identity=prediction.weights_identity if prediction else None,

@@ -44,7 +44,7 @@ def _apply_strip_selection(uid: str, slice_key: str, n: int) -> None:
 def _bar_chart(prediction: StudyPrediction, index: int) -> go.Figure:
     cnn = (
         [go.Bar(name="slice, CNN alone", x=list(LABELS), y=prediction.cnn_probs[index].tolist())]
-        if prediction.context_used
+        if prediction.cnn_probs is not None
         else []
     )
     fig = go.Figure(
