@@ -13,6 +13,11 @@ optimizer step with the same data order (the sampler is seeded by seed and epoch
 augmentation by seed, step and rank). The final weights are written with
 ``core.model.checkpoint.save_checkpoint`` (safetensors + model card), which is what the app loads.
 
+The loop is here; around it: ``objective`` (loss, schedule, moving average, validation
+figures), ``checkpointing`` (the resume point and the settings it fixes), ``distributed``
+(torchrun ranks and their collectives), ``init_weights`` (``--init``) and ``synthetic`` (bleeds
+painted into normal slices for ``--synthetic``).
+
 Outputs in ``--out``: ``last.pt`` (resume point), ``history.jsonl`` (one line per epoch),
 ``val_predictions.json`` (the ``studies`` layout of ``core.predict --json``, plus each slice's
 target), ``embeddings.npz`` (pooled CNN features of every slice, for the slice-context model).
@@ -21,25 +26,20 @@ target), ``embeddings.npz`` (pooled CNN features of every slice, for the slice-c
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
 import os
-import random
 import shlex
 import time
-from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
@@ -54,7 +54,7 @@ from core.inference.predictor import (
     keep_large_buffers,
     usable_cpus,
 )
-from core.labels import LABELS, LOSS_WEIGHTS
+from core.labels import LABELS
 from core.model.bleed_map import map_loss, map_targets
 from core.model.checkpoint import (
     ModelSpec,
@@ -63,6 +63,19 @@ from core.model.checkpoint import (
     weights_identity,
 )
 from core.notice import NOTICE
+from core.training.checkpointing import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    atomic_save,
+    changed_settings,
+    file_sha256,
+    plain,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    state_digest,
+    step_seed,
+)
 from core.training.dataset import (
     AugmentConfig,
     SliceDataset,
@@ -78,294 +91,25 @@ from core.training.dataset import (
     split_by_hash,
     zip_paths,
 )
-from core.training.metrics import roc_auc, weighted_log_loss
+from core.training.distributed import (
+    barrier,
+    gather_rows,
+    init_distributed,
+    mean_across_ranks,
+    sync_buffers,
+)
+from core.training.init_weights import InitReport, load_init_weights
+from core.training.objective import (
+    ema_with_warmup,
+    lr_factor,
+    validation_metrics,
+    weighted_bce,
+)
 from core.training.synthetic import SyntheticBleedSlices
 
 log = logging.getLogger("core.training.trainer")
 
-CHECKPOINT_NAME = "last.pt"
-CHECKPOINT_FORMAT = "ich-review-train-state/1"
 DEFAULT_FOLDS = 5
-
-#: Arguments that decide the data order and the schedule: a resumed run must keep them.
-RESUME_FIXED = (
-    "arch",
-    "size",
-    "batch_size",
-    "epochs",
-    "lr",
-    "weight_decay",
-    "warmup",
-    "seed",
-    "folds",
-    "fold",
-    "val_fraction",
-    "val_hash",
-    "no_val",
-    "ema",
-    "no_augment",
-    "world_size",
-    "bleed_map",
-    "synthetic",
-    "map_weight",
-)
-
-#: Key prefixes of wrapped state dicts (DDP, Lightning/timm wrappers, torch.compile).
-_INIT_PREFIXES = ("module.", "model.", "_orig_mod.")
-#: Classifier heads of torchvision/timm ResNets: never taken from an ImageNet state dict.
-_HEAD_PREFIXES = ("fc.", "head.", "classifier.", "last_linear.")
-
-
-def ema_with_warmup(decay: float) -> Any:
-    """AveragedModel's ``multi_avg_fn`` for an exponential moving average whose decay grows
-    as ``min(decay, (1 + n) / (10 + n))`` with the update count n.
-
-    Why the warm-up: with a constant 0.998 the average still holds 15 % of the random
-    initial weights after 960 steps, and that blend of far-apart networks was measured to
-    answer the same probability for every slice (validation AUC 0.5 while the weights
-    themselves reached 0.79). Early on the average now follows the weights closely.
-    """
-
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, 1.0 - d)
-        else:  # BatchNorm's step counters: the current ones
-            for mine, theirs in zip(averaged, current, strict=True):
-                mine.copy_(theirs)
-
-    return update
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def validation_metrics(y_true: np.ndarray, y_prob: np.ndarray) -> dict[str, float]:
-    """Weighted log loss and ROC AUC per label (labels with one class only are left out)."""
-    out = {"weighted_log_loss": round(weighted_log_loss(y_true, y_prob), 6)}
-    for j, label in enumerate(LABELS):
-        auc = roc_auc(y_true[:, j], y_prob[:, j])
-        if auc is not None:
-            out[f"auc_{label}"] = round(auc, 6)
-    return out
-
-
-def weighted_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of Σ_j w_j·BCE_j / Σ_j w_j with the challenge's weights (any: 2)."""
-    w = torch.tensor(LOSS_WEIGHTS, device=logits.device, dtype=torch.float32)
-    per = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
-    return ((per * w).sum(dim=1) / w.sum()).mean()
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine from 1 to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-# --------------------------------------------------------------------------- --init
-
-
-@dataclass(frozen=True)
-class InitReport:
-    loaded: int
-    model_tensors: int
-    head_skipped: int
-    wrong_shape: int
-    unexpected: int
-
-    def __str__(self) -> str:
-        return (
-            f"initialised {self.loaded} of {self.model_tensors} tensors of the model "
-            f"(head left random: {self.head_skipped} skipped; {self.wrong_shape} of another "
-            f"shape; {self.unexpected} not in this architecture)"
-        )
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj: Any = load_file(str(path), device="cpu")
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - unpickling refused or file damaged
-            raise ValueError(
-                f"--init {path.name}: cannot be read as a state dict without running code "
-                f"from it ({type(exc).__name__}). Save it with torch.save(model.state_dict()) "
-                "or as .safetensors."
-            ) from None
-    for _ in range(3):  # {"state_dict": {...}} / {"model": {...}} wrappers
-        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            inner = next(
-                (obj[k] for k in ("state_dict", "model", "model_state", "module") if k in obj),
-                None,
-            )
-            if isinstance(inner, dict):
-                obj = inner
-                continue
-        break
-    if not isinstance(obj, dict):
-        raise ValueError(f"--init {path.name}: holds a {type(obj).__name__}, not a state dict")
-    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-def load_init_weights(model: nn.Module, path: str | os.PathLike[str]) -> InitReport:
-    """Start from a torchvision/timm ResNeXt state dict the user brings (nothing is
-    downloaded): prefixes such as ``module.`` are stripped, tensors matched by name and shape,
-    the classifier head skipped (ours has 6 outputs). Raises ValueError when nothing matches."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--init {path}: no such file")
-    state = _read_state_dict(path)
-    target = model.state_dict()
-    take: dict[str, torch.Tensor] = {}
-    head = wrong = unexpected = 0
-    for key, value in state.items():
-        name = key
-        while name.startswith(_INIT_PREFIXES):
-            name = name.split(".", 1)[1]
-        if name.startswith(_HEAD_PREFIXES):
-            head += 1
-        elif name not in target:
-            unexpected += 1
-        elif target[name].shape != value.shape:
-            wrong += 1
-        else:
-            take[name] = value.to(target[name].dtype)
-    if not take:
-        raise ValueError(
-            f"--init {path.name}: none of its {len(state)} tensors matches the model by name "
-            f"and shape; is it a ResNet/ResNeXt state dict of this architecture?"
-        )
-    model.load_state_dict(take, strict=False)
-    return InitReport(len(take), len(target), head, wrong, unexpected)
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(device_choice: str | None) -> tuple[DistInfo, torch.device]:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; then one process per GPU (nccl) or CPU share
-    (gloo). Without them: one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() if device_choice is None else device_choice == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise ValueError("--device cuda: PyTorch finds no GPU on this machine")
-    if world <= 1:
-        return DistInfo(), torch.device("cuda" if cuda else "cpu")
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if cuda:
-        torch.cuda.set_device(info.local_rank)
-        device = torch.device("cuda", info.local_rank)
-    else:
-        device = torch.device("cpu")
-    if cuda:
-        dist.init_process_group("nccl", timeout=timedelta(minutes=60), device_id=device)
-    else:
-        dist.init_process_group("gloo", timeout=timedelta(minutes=60))
-    return info, device
-
-
-# --------------------------------------------------------------------------- state helpers
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    """RNG states as tensors and numbers only, so the checkpoint loads with weights_only."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss = random.getstate()
-    out: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        },
-        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64)},
-    }
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    del name, gauss
-    return out
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
-    )
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _plain(value: Any) -> Any:
-    """argparse values → str/int/float/bool/None/list (what weights_only loading accepts)."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def state_digest(state: nn.Module | Mapping[str, torch.Tensor]) -> str:
-    """sha256 over a model's state dict (names, dtypes, shapes, bytes): equal digests on two
-    ranks mean equal models."""
-    items = state.state_dict() if isinstance(state, nn.Module) else state
-    h = hashlib.sha256()
-    for key, t in sorted(items.items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _step_seed(seed: int, step: int, rank: int) -> int:
-    digest = hashlib.sha256(f"augment:{seed}:{step}:{rank}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 # --------------------------------------------------------------------------- trainer
 
@@ -424,7 +168,7 @@ class Trainer:
         args = self.args
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-        _seed_everything(args.seed)
+        seed_everything(args.seed)
         self.labels_path: Path = args.labels
         labels = read_challenge_labels(args.labels)
         self.table = self._load_table(labels)
@@ -514,7 +258,7 @@ class Trainer:
             from_dicom_folder(
                 args.dicom_dir, labels, args.size, index_cache=cache, workers=usable_cpus()
             )
-        self._barrier()
+        barrier(self.dist)
         return from_dicom_folder(
             args.dicom_dir,
             labels,
@@ -591,7 +335,7 @@ class Trainer:
     # ------------------------------------------------------------------- checkpoint
 
     def _args_record(self) -> dict[str, Any]:
-        rec = {k: _plain(v) for k, v in vars(self.args).items()}
+        rec = {k: plain(v) for k, v in vars(self.args).items()}
         rec["world_size"] = self.dist.world
         rec["labels"] = Path(str(rec["labels"])).name
         return rec
@@ -611,7 +355,7 @@ class Trainer:
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "args": self._args_record(),
             "history": self.history,
         }
@@ -619,8 +363,8 @@ class Trainer:
     def save(self) -> Path:
         path = self.out / CHECKPOINT_NAME
         if self.dist.main:
-            _atomic_save(self.checkpoint_state(), path)
-        self._barrier()
+            atomic_save(self.checkpoint_state(), path)
+        barrier(self.dist)
         return path
 
     def resume(self, path: Path) -> None:
@@ -630,11 +374,11 @@ class Trainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"--resume: {path} is not a checkpoint of this trainer")
         saved, now = state["args"], self._args_record()
-        changed = [k for k in RESUME_FIXED if saved.get(k) != now.get(k)]
+        changed = changed_settings(saved, now)
         if changed:
             raise ValueError(
                 "--resume must keep the settings of the run it continues; changed: "
-                + ", ".join(f"{k} (was {saved.get(k)!r}, now {now.get(k)!r})" for k in changed)
+                + ", ".join(changed)
             )
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
@@ -642,7 +386,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
         self.global_step = int(state["global_step"])
@@ -679,7 +423,7 @@ class Trainer:
             x = model_batch(hu, self.spec.windows)
         else:
             g = torch.Generator().manual_seed(
-                _step_seed(self.args.seed, self.global_step, self.dist.rank)
+                step_seed(self.args.seed, self.global_step, self.dist.rank)
             )
             x, mask = augment_with_mask(hu, mask, g, self.spec.windows, self.augment_config)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -773,8 +517,8 @@ class Trainer:
             if self.step_in_epoch >= self.steps_per_epoch:
                 self.epoch, self.step_in_epoch = epoch + 1, 0
             final = stop or self.epoch >= args.epochs
-            self._sync_buffers()
-            train_loss = self._mean_across_ranks(loss_sum, steps)
+            sync_buffers(self.dist, self.model)
+            train_loss = mean_across_ranks(self.dist, self.device, loss_sum, steps)
             val = self._validate(features=final and not args.no_embeddings)
             result = EpochResult(
                 epoch + 1,
@@ -789,7 +533,7 @@ class Trainer:
             self._log_epoch(result)
             self.save()
         if self._val is None:  # resumed after the last epoch: still produce the outputs
-            self._sync_buffers()
+            sync_buffers(self.dist, self.model)
             self._validate(features=not args.no_embeddings)
         self.finish()
         return results
@@ -860,8 +604,8 @@ class Trainer:
         dim = head.in_features
         p = torch.cat(probs) if probs else torch.zeros(0, len(LABELS))
         f = torch.cat(feats) if feats else torch.zeros(0, dim, dtype=torch.float16)
-        p_all = self._gather_rows(p, len(indices)).numpy()
-        f_all = self._gather_rows(f, len(indices)).numpy() if features else None
+        p_all = gather_rows(self.dist, self.device, p, len(indices)).numpy()
+        f_all = gather_rows(self.dist, self.device, f, len(indices)).numpy() if features else None
         return p_all, f_all
 
     def _validate(self, features: bool) -> dict[str, float] | None:
@@ -907,7 +651,7 @@ class Trainer:
             (args.digest_dir / f"rank{self.dist.rank}.sha256").write_text(
                 f"{state_digest(self.final_model)} {self.global_step}\n"
             )
-        self._barrier()
+        barrier(self.dist)
 
     def _write_val_predictions(
         self, probs: np.ndarray, metrics: dict[str, float] | None, identity: str
@@ -996,7 +740,7 @@ class Trainer:
             **self.table.summary(),
             "inputs": self.inputs if len(self.inputs) <= 50 else f"{len(self.inputs)} inputs",
             "labels_file": self.labels_path.name,
-            "labels_sha256": _file_sha256(self.labels_path),
+            "labels_sha256": file_sha256(self.labels_path),
         }
         if metrics is not None:
             where = (
@@ -1057,51 +801,6 @@ class Trainer:
     def _info(self, message: str) -> None:
         if self.dist.main:
             log.info(message)
-
-    def _barrier(self) -> None:
-        if self.dist.active:
-            dist.barrier()
-
-    def _sync_buffers(self) -> None:
-        """BatchNorm statistics differ per rank after the last step: take rank 0's, so every
-        rank evaluates and saves the same model."""
-        if not self.dist.active:
-            return
-        for buf in self.model.buffers():
-            dist.broadcast(buf, src=0)
-
-    def _mean_across_ranks(self, loss_sum: torch.Tensor, steps: int) -> float:
-        total = torch.stack(
-            [loss_sum.detach().float(), torch.tensor(float(steps), device=self.device)]
-        )
-        if self.dist.active:
-            dist.all_reduce(total)
-        return float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
-
-    def _gather_rows(self, local: torch.Tensor, n_total: int, chunk: int = 16384) -> torch.Tensor:
-        """Inverse of indices[rank::world]: every rank's rows back in the original order,
-        gathered in chunks so that GPU memory stays bounded."""
-        if not self.dist.active:
-            return local
-        world = self.dist.world
-        sizes = [len(range(r, n_total, world)) for r in range(world)]
-        out = torch.empty((n_total, *local.shape[1:]), dtype=local.dtype)
-        comm = self.device if self.cuda else torch.device("cpu")
-        as_bytes = local.dtype != torch.float32  # gloo lacks fp16/int16; bytes are bytes
-        for lo in range(0, max(sizes), chunk):
-            hi = min(max(sizes), lo + chunk)
-            part = torch.zeros((hi - lo, *local.shape[1:]), dtype=local.dtype)
-            mine = local[lo:hi]
-            part[: len(mine)] = mine
-            send = (part.view(torch.uint8) if as_bytes else part).to(comm)
-            recv = [torch.empty_like(send) for _ in range(world)]
-            dist.all_gather(recv, send)
-            for r in range(world):
-                got = recv[r].cpu()
-                got = got.view(local.dtype) if as_bytes else got
-                n = max(0, min(hi, sizes[r]) - lo)
-                out[r::world][lo : lo + n] = got[:n]
-        return out
 
     def close(self) -> None:
         if self.dist.active and dist.is_initialized():

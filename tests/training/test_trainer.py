@@ -16,23 +16,14 @@ import numpy as np
 import pytest
 import torch
 from data_paths import DATA, LABELLED, ROOT, require
-from safetensors.torch import save_file
-from torch import nn
 
 from core.dicom.study import load_studies
 from core.inference.predictor import Predictor
 from core.labels import LABELS
 from core.model.checkpoint import ModelSpec, build_model, load_checkpoint
 from core.train import main, parse_args
-from core.training.metrics import weighted_log_loss
-from core.training.trainer import (
-    CHECKPOINT_NAME,
-    Trainer,
-    load_init_weights,
-    lr_factor,
-    state_digest,
-    weighted_bce,
-)
+from core.training.checkpointing import CHECKPOINT_NAME, state_digest
+from core.training.trainer import Trainer
 
 LABELS_CSV = LABELLED / "rsna_dev_stage_2_train.csv"
 
@@ -60,20 +51,6 @@ def tiny_args(zips: list[Path], out: Path, *extra: str) -> list[str]:
         "--no-progress",
         *extra,
     ]
-
-
-def test_loss_is_the_challenge_metric_and_the_schedule_warms_up_then_decays() -> None:
-    rng = np.random.default_rng(0)
-    y = (rng.random((32, 6)) < 0.3).astype(np.float32)
-    p = rng.uniform(0.02, 0.98, (32, 6))
-    logits = torch.from_numpy(np.log(p / (1 - p)))
-    assert float(weighted_bce(logits, torch.from_numpy(y))) == pytest.approx(
-        weighted_log_loss(y, p), rel=1e-5
-    )
-    factors = [lr_factor(s, 100, 10) for s in range(100)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
-    assert factors[-1] < 0.01
 
 
 def test_a_few_steps_on_real_slices_lower_the_loss(tmp_path: Path, two_zips) -> None:
@@ -122,50 +99,6 @@ def test_resume_continues_from_the_saved_step(tmp_path: Path, two_zips) -> None:
     changed = Trainer(parse_args(common + ["--resume", "--lr", "1e-2"]))
     with pytest.raises(ValueError, match=r"changed: lr"):
         changed.setup()
-
-
-def test_init_loads_matching_tensors_and_skips_the_head(tmp_path: Path) -> None:
-    torch.manual_seed(1)
-    imagenet = build_model(ModelSpec("tiny", 64))
-    imagenet.fc = nn.Linear(imagenet.fc.in_features, 1000)  # a torchvision/timm 1000-class head
-    torch.save({f"module.{k}": v for k, v in imagenet.state_dict().items()}, tmp_path / "in.pth")
-    torch.manual_seed(2)
-    model = build_model(ModelSpec("tiny", 64))
-    head = model.fc.weight.clone()
-    report = load_init_weights(model, tmp_path / "in.pth")
-    n = len(model.state_dict())
-    assert (report.loaded, report.head_skipped, report.wrong_shape, report.unexpected) == (
-        n - 2,
-        2,
-        0,
-        0,
-    )
-    assert "initialised" in str(report)
-    assert torch.equal(model.conv1.weight, imagenet.conv1.weight)
-    assert torch.equal(model.layer4[0].bn2.running_var, imagenet.layer4[0].bn2.running_var)
-    assert torch.equal(model.fc.weight, head)
-
-    # timm-style wrapper and safetensors load the same way.
-    torch.save({"state_dict": imagenet.state_dict()}, tmp_path / "wrapped.pth")
-    assert load_init_weights(build_model(ModelSpec("tiny", 64)), tmp_path / "wrapped.pth") == report
-    save_file(
-        {f"model.{k}": v.contiguous() for k, v in imagenet.state_dict().items()},
-        str(tmp_path / "in.safetensors"),
-    )
-    assert load_init_weights(build_model(ModelSpec("tiny", 64)), tmp_path / "in.safetensors") == (
-        report
-    )
-
-    torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="none of its 1 tensors matches"):
-        load_init_weights(model, tmp_path / "other.pth")
-    torch.save({"weights": _Opaque()}, tmp_path / "pickled.pth")
-    with pytest.raises(ValueError, match="without running code"):
-        load_init_weights(model, tmp_path / "pickled.pth")
-
-
-class _Opaque:
-    """A pickled object: loading it would need code from the file, so it is refused."""
 
 
 def test_cli_writes_checkpoint_predictions_embeddings_and_a_loadable_model(
@@ -317,29 +250,6 @@ def test_png_folder_with_id_hash_split_and_ema_trains(tmp_path: Path) -> None:
     assert card["weights_dtype"] == "float16"
     plain = load_checkpoint(tmp_path / "weights" / "png-raw.json").model.state_dict()
     torch.testing.assert_close(plain[key], raw[key], atol=1e-3, rtol=1e-3)
-
-
-def test_moving_average_warms_up_instead_of_keeping_the_initial_weights() -> None:
-    from torch.optim.swa_utils import AveragedModel
-
-    from core.training.trainer import ema_with_warmup
-
-    net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
-    ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.998), use_buffers=True)
-    start = net[0].weight.detach().clone()
-    ema.update_parameters(net)  # the first update copies
-    for n in range(1, 4):
-        with torch.no_grad():
-            net[0].weight.add_(1.0)
-        net(torch.randn(4, 3))  # BatchNorm counters move too
-        before = ema.module[0].weight.detach().clone()
-        ema.update_parameters(net)
-        d = min(0.998, (1 + n) / (10 + n))
-        expected = d * before + (1 - d) * net[0].weight.detach()
-        torch.testing.assert_close(ema.module[0].weight, expected)
-    # After three updates a constant 0.998 would still sit at the start; this one has moved.
-    assert float((ema.module[0].weight.detach() - start).mean()) > 1.5
-    assert int(ema.module[1].num_batches_tracked) == int(net[1].num_batches_tracked)
 
 
 def test_bleed_map_with_synthetic_bleeds_trains_both_heads(

@@ -1,0 +1,57 @@
+"""core.training.init_weights: --init takes matching tensors, never the head, never pickle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from core.model.checkpoint import ModelSpec, build_model
+from core.training.init_weights import load_init_weights
+
+
+def test_init_loads_matching_tensors_and_skips_the_head(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    imagenet = build_model(ModelSpec("tiny", 64))
+    imagenet.fc = nn.Linear(imagenet.fc.in_features, 1000)  # a torchvision/timm 1000-class head
+    torch.save({f"module.{k}": v for k, v in imagenet.state_dict().items()}, tmp_path / "in.pth")
+    torch.manual_seed(2)
+    model = build_model(ModelSpec("tiny", 64))
+    head = model.fc.weight.clone()
+    report = load_init_weights(model, tmp_path / "in.pth")
+    n = len(model.state_dict())
+    assert (report.loaded, report.head_skipped, report.wrong_shape, report.unexpected) == (
+        n - 2,
+        2,
+        0,
+        0,
+    )
+    assert "initialised" in str(report)
+    assert torch.equal(model.conv1.weight, imagenet.conv1.weight)
+    assert torch.equal(model.layer4[0].bn2.running_var, imagenet.layer4[0].bn2.running_var)
+    assert torch.equal(model.fc.weight, head)
+
+    # timm-style wrapper and safetensors load the same way.
+    torch.save({"state_dict": imagenet.state_dict()}, tmp_path / "wrapped.pth")
+    assert load_init_weights(build_model(ModelSpec("tiny", 64)), tmp_path / "wrapped.pth") == report
+    save_file(
+        {f"model.{k}": v.contiguous() for k, v in imagenet.state_dict().items()},
+        str(tmp_path / "in.safetensors"),
+    )
+    assert load_init_weights(build_model(ModelSpec("tiny", 64)), tmp_path / "in.safetensors") == (
+        report
+    )
+
+    torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="none of its 1 tensors matches"):
+        load_init_weights(model, tmp_path / "other.pth")
+    torch.save({"weights": _Opaque()}, tmp_path / "pickled.pth")
+    with pytest.raises(ValueError, match="without running code"):
+        load_init_weights(model, tmp_path / "pickled.pth")
+
+
+class _Opaque:
+    """A pickled object: loading it would need code from the file, so it is refused."""
