@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from core.dicom.study import load_studies
+from core.dicom.study import Study, load_studies
 from core.errors import ICHError
 from core.inference.predictor import Predictor, resolve_device
 from core.labels import LABELS
 from core.model.checkpoint import LoadedModel, _check_metrics, load_checkpoint, render_card_markdown
-from core.training.bleed_map_check import hemseg_report, synthetic_threshold
+from core.training.bleed_map_check import hemseg_report, phantom_report, synthetic_threshold
 from core.training.calibration import (
     MIN_POSITIVES_FOR_OWN_TEMPERATURE,
     _r,
@@ -159,14 +159,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     val["ece_any_before_temperature"] = _r(expected_calibration_error(y[:, 0], p_raw[:, 0]))
     val["slice_auc_any_before_temperature"] = _r(roc_auc(y[:, 0], p_raw[:, 0]))
 
+    map_cut: float | None = None
+    chosen: dict[str, Any] | None = None
+    if predictor.has_bleed_map:
+        normal = [i for i, row in zip(val_ids, y, strict=True) if row.max() == 0]
+        log.info("choosing the bleed map's threshold on synthetic bleeds in normal slices")
+        chosen = synthetic_threshold(predictor, args.png_dir, normal)
+        map_cut = float(chosen["threshold"])
+
     studies: dict[str, Any] | None = None
     study_report: dict[str, Any] | None = None
+    studies_map: dict[str, Any] | None = None
     if args.studies is not None:
         if args.study_labels is None:
             raise ValueError("--studies needs --study-labels")
         predictor.temperature = tuple(float(v) for v in t)
         study_labels = read_challenge_labels(args.study_labels)
         ys, ps, groups, per_study = [], [], [], []
+        negative_volumes: list[float] = []
+        first_negative: Study | None = None
         zips = sorted(args.studies.glob("*.zip")) if args.studies.is_dir() else [args.studies]
         for path in zips:
             for study in load_studies(path):
@@ -181,6 +192,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ys.append(yy)
                 ps.append(pp)
                 per_study.append(FoldStudy(study.study_instance_uid, -1, pp, yy))
+                if predictor.has_bleed_map and yy.max() == 0:
+                    negative_volumes.append(
+                        predictor.localise(series, pred, map_threshold=map_cut).volume_ml
+                    )
+                    first_negative = first_negative or study
                 groups += [study.study_instance_uid] * len(keep)
                 log.info(
                     "study %d: %d slices, P(any) %.3f",
@@ -213,21 +229,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         studies["study_auc_any_top2mean"] = _r(top2["model"]["study_any"]["auc"])
         study_report = study_result
+        if predictor.has_bleed_map and first_negative is not None:
+            log.info("bleed map: phantom hematomas of known volume in a normal study")
+            phantoms = phantom_report(predictor, first_negative, map_threshold=map_cut)
+            studies_map = {
+                "normal_studies": len(negative_volumes),
+                "normal_study_volume_ml_max": round(max(negative_volumes), 2),
+                "normal_studies_under_1_ml": sum(v < 1.0 for v in negative_volumes),
+                "phantom_hematomas": phantoms,
+            }
 
     bleed_map: dict[str, Any] | None = None
-    if predictor.has_bleed_map:
-        normal = [i for i, row in zip(val_ids, y, strict=True) if row.max() == 0]
-        log.info("choosing the bleed map's threshold on synthetic bleeds in normal slices")
-        chosen = synthetic_threshold(predictor, args.png_dir, normal)
+    if chosen is not None and map_cut is not None:
         log.info("measuring the bleed map on the hand-drawn masks")
         real = hemseg_report(
             predictor,
             args.hemseg_dir,
             args.png_dir,
             args.studies if args.studies is not None and args.studies.is_dir() else None,
-            float(chosen["threshold"]),
+            map_cut,
         )
-        bleed_map = {"synthetic_validation": chosen, "hand_drawn": real}
+        bleed_map = {"synthetic_validation": chosen, "hand_drawn": real, "studies": studies_map}
 
     command = "python -m core.calibrate " + shlex.join(
         sys.argv[1:] if args.argv is None else args.argv
@@ -259,8 +281,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "values": {
                     "threshold": real["threshold"],
                     "synthetic_dice": bleed_map["synthetic_validation"]["dice"],
+                    "slices_with_blood": real["slices_with_blood"],
+                    "dice_mean_per_slice": real["dice_mean_per_slice"],
+                    "slices_without_blood": real["slices_without_blood"],
+                    "share_of_empty_slices_left_clean": real["share_of_empty_slices_left_clean"],
                     "brain_window_slices": real["brain_window_slices"],
                     "whole_studies": real["whole_studies"],
+                    **(bleed_map["studies"] or {}),
                 },
             }
         )

@@ -24,11 +24,13 @@ from core.imaging.synthesis import (
     PV_RIM_PX,
     Anatomy,
     SyntheticBleed,
+    ellipsoid_bleed,
     feasible_kinds,
     find_anatomy,
     synthesize,
     usable,
 )
+from core.imaging.volume import measure
 from core.labels import LABELS
 from core.training.dataset import read_challenge_labels, read_png_hu
 
@@ -194,3 +196,24 @@ def test_contact_sheet_door(tmp_path) -> None:
     with Image.open(out) as im:
         assert im.size[0] >= 1000 and im.size[1] >= 200
     assert main(["--contact-sheet", str(out), "--png-dir", str(tmp_path / "absent")]) == 2
+
+
+@pytest.mark.parametrize("ml", [5.0, 20.0, 60.0])
+def test_ellipsoid_phantom_has_its_volume_in_a_real_normal_study(ml: float) -> None:
+    """The 3-D phantom of issue 14: a hematoma of known volume, painted slice by slice into a
+    real negative study, lies in the brain and its voxels hold the stated volume."""
+    series = load_studies(require(LABELLED / "studies" / f"{STUDY}.zip"))[0].default_series
+    z = np.array([s.z for s in series.slices])
+    spacing = series.pixel_spacing or (1.0, 1.0)
+    phantom = ellipsoid_bleed(series.hu, z, spacing, ml, 0)
+    assert phantom.volume_ml == pytest.approx(ml)
+    assert measure(phantom.mask, z, spacing).volume_ml == pytest.approx(ml, rel=0.08)
+    assert phantom.mask.any(axis=(1, 2)).sum() >= 2  # it spans slices
+    blood = phantom.hu[phantom.mask]
+    assert 55 < float(blood.mean()) < 75
+    changed = phantom.hu != series.hu
+    near = ndimage.binary_dilation(phantom.mask, np.ones((1, 3, 3), bool), iterations=PV_RIM_PX)
+    assert not (changed & ~near).any()  # only the bleed and its edge changed
+    for k in np.flatnonzero(phantom.mask.any(axis=(1, 2))):
+        brain = find_anatomy(series.hu[k].astype(np.float32)).cavity
+        assert (phantom.mask[k] & ~brain).sum() == 0  # inside the cranial cavity

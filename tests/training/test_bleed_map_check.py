@@ -16,6 +16,7 @@ from core.training.bleed_map_check import (
     THRESHOLDS,
     dice,
     hemseg_report,
+    phantom_report,
     read_hemseg,
     synthetic_threshold,
 )
@@ -60,6 +61,9 @@ def test_report_on_hand_drawn_masks_reads_them_as_the_data_describes(
     report = hemseg_report(predictor, HEMSEG, PNG_DIR, LABELLED / "studies", 0.5)
     png = report["brain_window_slices"]
     assert png["slices_with_blood"] == 19 and png["slices_without_blood"] == 60
+    # 30 slices carry blood (19 PNG, 11 of the study), 85 none (60 + 25)
+    assert report["slices_with_blood"] == 30 and report["slices_without_blood"] == 85
+    assert len(report["dice_per_slice"]) == 30
     (study,) = report["whole_studies"]
     assert study["study"] == "ID_286f17f9e7" and study["slices_with_a_mask"] == 36
     # The data's README gives 15.5 mL with the steps along the table (2.7 / 5.4 mm); the
@@ -68,3 +72,14 @@ def test_report_on_hand_drawn_masks_reads_them_as_the_data_describes(
     tilt = math.degrees(math.acos(0.927184))
     assert study["hand_drawn_ml"] == pytest.approx(15.5 * math.cos(math.radians(tilt)), abs=0.1)
     assert 0 <= study["dice"] <= 1 and study["bleed_map_ml"] >= 0
+
+
+def test_phantom_hematomas_are_measured_through_the_engine(
+    predictor: Predictor, study_zips
+) -> None:
+    from core.dicom.study import load_studies
+
+    study = load_studies(min(study_zips, key=lambda p: p.stat().st_size))[0]
+    (row,) = phantom_report(predictor, study, volumes_ml=(20.0,), map_threshold=0.5)
+    assert row["true_ml"] == pytest.approx(20.0, rel=1e-6)
+    assert row["estimated_ml"] >= 0 and 0 <= row["dice"] <= 1

@@ -9,7 +9,5 @@ def test_changed_settings_name_what_differs_and_accept_older_checkpoints() -> No
     saved = {k: 1 for k in RESUME_FIXED if k not in ("bleed_map", "synthetic", "map_weight")}
     now = {**saved, "bleed_map": False, "synthetic": 0.0, "map_weight": 1.0}
     assert changed_settings(saved, now) == []  # written before these settings existed
-    assert changed_settings(saved, {**now, "synthetic": 0.25}) == [
-        "synthetic (was None, now 0.25)"
-    ]
+    assert changed_settings(saved, {**now, "synthetic": 0.25}) == ["synthetic (was None, now 0.25)"]
     assert changed_settings({**now, "lr": 2}, now) == ["lr (was 2, now 1)"]
