@@ -285,7 +285,10 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     (study,) = load_studies(path)
     predictor = Predictor(load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache())
     prediction = predictor.predict(study)
-    estimate = predictor.localise(study.default_series, prediction, threshold=OUTLINE_FROM)
+    with_map = predictor.has_bleed_map  # the model's own outline, at the card's threshold
+    estimate = predictor.localise(
+        study.default_series, prediction, threshold=None if with_map else OUTLINE_FROM
+    )
     areas = np.array(estimate.area_mm2)
     assert areas.max() > 0, f"the shipped model outlines nothing on {OUTLINE_STUDY}"
     target = int(areas.argmax()) + 1
@@ -309,18 +312,23 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     caption = _slice_figure(page).get_by_test_id("stImageCaption")
     expect(caption).to_contain_text(f"Slice {target} of {study.default_series.n_slices} ")
 
-    main.get_by_text("Outline candidate bleed (fallback rule)", exact=True).click()
-    expect(caption).to_contain_text("outlined", timeout=FIRST_PREDICTION_TIMEOUT_MS)
-    # lower the flagging threshold on its slider (0.05 per key press)
-    cut = main.get_by_test_id("stSlider").filter(has_text="Outline slices from P(any)")
-    thumb = cut.get_by_role("slider")
-    start = round(predictor.slice_threshold * 20) / 20  # the slider's default
-    thumb.focus()
-    for _ in range(round((start - OUTLINE_FROM) / 0.05)):
-        page.keyboard.press("ArrowLeft")
-    expect(main.get_by_text(f"P(any) ≥ {OUTLINE_FROM:.2f}")).to_be_visible(
-        timeout=FIRST_PREDICTION_TIMEOUT_MS
-    )
+    if with_map:
+        main.get_by_text("Outline bleed (model's bleed map)", exact=True).click()
+        expect(caption).to_contain_text("outlined", timeout=FIRST_PREDICTION_TIMEOUT_MS)
+        expect(main.get_by_text("with blood in the map", exact=False)).to_be_visible()
+    else:
+        main.get_by_text("Outline candidate bleed (fallback rule)", exact=True).click()
+        expect(caption).to_contain_text("outlined", timeout=FIRST_PREDICTION_TIMEOUT_MS)
+        # lower the flagging threshold on its slider (0.05 per key press)
+        cut = main.get_by_test_id("stSlider").filter(has_text="Outline slices from P(any)")
+        thumb = cut.get_by_role("slider")
+        start = round(predictor.slice_threshold * 20) / 20  # the slider's default
+        thumb.focus()
+        for _ in range(round((start - OUTLINE_FROM) / 0.05)):
+            page.keyboard.press("ArrowLeft")
+        expect(main.get_by_text(f"P(any) ≥ {OUTLINE_FROM:.2f}")).to_be_visible(
+            timeout=FIRST_PREDICTION_TIMEOUT_MS
+        )
     shown = float(re.search(r"outlined (\d+) mm²", caption.inner_text()).group(1))
     assert shown == round(areas[target - 1]), (shown, areas[target - 1])
     expect(main.get_by_text("Estimated bleed volume")).to_be_visible()
