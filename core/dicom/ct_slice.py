@@ -129,13 +129,10 @@ def read_member(member: Member) -> RawSlice | Skipped:
     name = display_name(member.name)
     if member.error:
         return Skipped(name, SkipReason.DAMAGED, member.error)
-    if member.name.replace("\\", "/").rsplit("/", 1)[-1].upper() == "DICOMDIR":
-        return Skipped(name, SkipReason.DICOMDIR, "DICOMDIR index file")
     ds = _dcmread(member.data)
     if ds is None:
         return Skipped(name, SkipReason.NOT_DICOM, f"{name} is not a DICOM file")
-    sop_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
-    if ds.get("SOPClassUID", sop_class) == MediaStorageDirectoryStorage:
+    if _is_dicomdir(ds):
         return Skipped(name, SkipReason.DICOMDIR, "DICOMDIR index file")
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         return Skipped(name, SkipReason.NO_IMAGE, f"{name} holds no image")
@@ -145,6 +142,16 @@ def read_member(member: Member) -> RawSlice | Skipped:
         return Skipped(name, SkipReason.UNSUPPORTED, str(exc))
     except Exception as exc:  # noqa: BLE001 - any decoder failure means: this slice is unusable
         return Skipped(name, SkipReason.DAMAGED, _damage_message(name, exc))
+
+
+def _is_dicomdir(ds: pydicom.Dataset) -> bool:
+    """A DICOMDIR is known by its content (Media Storage SOP Class 1.2.840.10008.1.3.10), never
+    by its file name: exports name slices freely, and a real slice called DICOMDIR is a slice."""
+    meta = getattr(ds, "file_meta", None)
+    return MediaStorageDirectoryStorage in (
+        getattr(meta, "MediaStorageSOPClassUID", None),
+        ds.get("SOPClassUID"),
+    )
 
 
 def _dcmread(data: bytes) -> pydicom.Dataset | None:

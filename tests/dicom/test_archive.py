@@ -332,6 +332,20 @@ def test_dicomdir_and_report_are_skipped_and_counted(series) -> None:
     assert "1 file(s) skipped as DICOM object without an image" in text and "report.dcm" in text
 
 
+def test_a_real_slice_named_dicomdir_is_a_slice(series) -> None:
+    """A DICOMDIR is told by its content, not its name: a slice exported as 'DICOMDIR' loads."""
+    files = [*series[:2], ("export/DICOMDIR", series[2][1]), ("DICOMDIR", _dicomdir_bytes())]
+    study = _only(load_studies(zip_bytes(files)))
+    s = study.default_series
+    assert s.n_slices == 3
+    assert [x.sop_instance_uid for x in s.slices] == [
+        read_ds(d).SOPInstanceUID for _, d in series[:3]
+    ]
+    assert s.slices[2].source == "DICOMDIR"
+    text = "\n".join(study.warnings)
+    assert "1 file(s) skipped as DICOMDIR index: DICOMDIR." in text, text
+
+
 # --------------------------------------------------------------------------- odd series
 
 
