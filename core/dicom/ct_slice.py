@@ -26,6 +26,10 @@ pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 HU_MIN = -1024  # air; padding and outside-the-scan-circle values are clipped to this
 HU_MAX = 32767
+#: Largest Rows or Columns read. Head CT slices are 512×512 (a few scanners write 768 or 1024);
+#: the limit is checked before decoding, because a decoder allocates what the header declares:
+#: a 150 kB RLE file declaring 30000×30000 would cost 1.8 GB. 4096×4096 at 16 bits is 32 MB.
+MAX_SLICE_SIDE = 4096
 
 
 class SkipReason(Enum):
@@ -202,6 +206,12 @@ def _to_raw_slice(name: str, ds: pydicom.Dataset) -> RawSlice:
             )
         if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
             raise _Unsupported(f"{name} is a colour image, not a CT slice")
+        if rows > MAX_SLICE_SIDE or columns > MAX_SLICE_SIDE:
+            raise _Unsupported(
+                f"{name} declares a {rows}×{columns} image, larger than the "
+                f"{MAX_SLICE_SIDE}×{MAX_SLICE_SIDE} this tool reads (a head CT slice is 512×512); "
+                "it was skipped without decoding"
+            )
     hu = to_hu(ds) if modality == "CT" else None  # other modalities are refused, not decoded
     if hu is not None:
         rows, columns = hu.shape

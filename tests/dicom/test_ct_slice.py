@@ -8,6 +8,7 @@ JPEG Lossless SV1 with GDCM, which is the only installed encoder for that syntax
 
 from __future__ import annotations
 
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_helpers import read_ds, write_ds, write_zip
+from hostile_inputs import HUGE_SIDE, huge_rle_slice, with_huge_rle_slice
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -26,7 +28,7 @@ from pydicom.uid import (
 )
 
 from core.dicom.archive import Member
-from core.dicom.ct_slice import RawSlice, read_member, to_hu
+from core.dicom.ct_slice import MAX_SLICE_SIDE, RawSlice, Skipped, SkipReason, read_member, to_hu
 from core.dicom.study import load_studies
 
 # The two pixel formats of the RSNA set (checked in test_the_two_real_pixel_formats):
@@ -247,3 +249,32 @@ def test_signed_padding_in_an_implicit_vr_file(real_slices) -> None:
     hu = to_hu(back)
     assert (hu[:40, :40] == -1024).all()
     assert hu[200:300, 200:300].max() > 0
+
+
+def test_slice_over_the_size_limit_is_skipped_before_decoding(real_slices, tmp_path) -> None:
+    """A 150 kB RLE file declaring 30000×30000 is refused from its header: decoding would
+    allocate 1.8 GB. The real slices beside it still load."""
+    files = real_slices[UNSIGNED_12][:2]
+    huge = huge_rle_slice(files[0][1])
+    assert len(huge) < 200_000
+    ds = read_ds(huge)
+    assert (ds.Rows, ds.Columns) == (HUGE_SIDE, HUGE_SIDE)
+    assert ds.file_meta.TransferSyntaxUID == RLELossless
+    assert HUGE_SIDE > MAX_SLICE_SIDE
+
+    tracemalloc.start()
+    try:
+        skipped = read_member(Member("huge.dcm", huge))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(skipped, Skipped) and skipped.reason == SkipReason.UNSUPPORTED
+    assert skipped.detail == (
+        "huge.dcm declares a 30000×30000 image, larger than the 4096×4096 this tool reads "
+        "(a head CT slice is 512×512); it was skipped without decoding"
+    )
+    assert peak < 50 << 20, f"{peak >> 20} MB allocated for a header"
+
+    study = load_studies(with_huge_rle_slice(tmp_path, files))[0]
+    assert study.default_series.n_slices == 2
+    assert any("huge.dcm declares a 30000×30000 image" in w for w in study.warnings)
