@@ -30,6 +30,9 @@ HU_MAX = 32767
 #: the limit is checked before decoding, because a decoder allocates what the header declares:
 #: a 150 kB RLE file declaring 30000×30000 would cost 1.8 GB. 4096×4096 at 16 bits is 32 MB.
 MAX_SLICE_SIDE = 4096
+#: No CT value lies beyond ±65536 HU: the widest real encodings (16-bit stored values, an
+#: intercept of a few thousand) stay well inside. A rescale that reaches past it is no HU scale.
+HU_PLAUSIBLE = 1 << 16
 
 
 class SkipReason(Enum):
@@ -39,6 +42,7 @@ class SkipReason(Enum):
     DICOMDIR = "DICOMDIR index"
     NO_IMAGE = "DICOM object without an image (report, presentation state…)"
     UNSUPPORTED = "unsupported image"
+    IMPOSSIBLE_VALUES = "impossible-value"
     DAMAGED = "damaged"
 
 
@@ -144,6 +148,8 @@ def read_member(member: Member) -> RawSlice | Skipped:
         return _to_raw_slice(name, ds)
     except _Unsupported as exc:
         return Skipped(name, SkipReason.UNSUPPORTED, str(exc))
+    except NotHounsfieldError as exc:
+        return Skipped(name, SkipReason.IMPOSSIBLE_VALUES, f"{name} {exc}; the slice was skipped")
     except Exception as exc:  # noqa: BLE001 - any decoder failure means: this slice is unusable
         return Skipped(name, SkipReason.DAMAGED, _damage_message(name, exc))
 
@@ -178,6 +184,12 @@ def _dcmread(data: bytes) -> pydicom.Dataset | None:
 
 class _Unsupported(Exception):
     pass
+
+
+class NotHounsfieldError(ValueError):
+    """The header's rescale or padding cannot give Hounsfield units (NaN, 0, infinite or huge
+    slope or intercept; padding that covers every pixel). The message completes the file name:
+    "<name> has RescaleSlope nan, which is not a number, so …"."""
 
 
 def _damage_message(name: str, exc: Exception) -> str:
@@ -252,12 +264,16 @@ def to_hu(ds: pydicom.Dataset) -> np.ndarray:
     The RSNA 2019 fix: some 12-bit unsigned files (BitsStored 12, PixelRepresentation 0) carry
     an intercept above -100 with values that wrap at 4096; as in the challenge's public kernels
     the stored value is shifted by 1000 modulo 4096 and the intercept set to -1000.
+
+    Raises NotHounsfieldError rather than guess when the header makes HU impossible: an absent
+    slope or intercept reads as 1 or 0, but a NaN, infinite or zero one, a rescale that puts the
+    pixels beyond ±65536 HU, or padding that covers every pixel would give a wrong image silently.
     """
     stored = ds.pixel_array
     if stored.ndim != 2:
         raise _Unsupported("not a single-frame greyscale image")
-    slope = _float(ds, "RescaleSlope") or 1.0
-    intercept = _float(ds, "RescaleIntercept") or 0.0
+    slope = _rescale(ds, "RescaleSlope", 1.0)
+    intercept = _rescale(ds, "RescaleIntercept", 0.0)
     values = stored.astype(np.int32)
     padding = _padding_mask(ds, values)
     bits_stored = int(ds.get("BitsStored", 16) or 16)
@@ -265,6 +281,7 @@ def to_hu(ds: pydicom.Dataset) -> np.ndarray:
         values += 1000
         values[values >= 4096] -= 4096
         intercept = -1000.0
+    _check_hu_range(ds, values if padding is None else values[~padding], slope, intercept)
     if slope == 1.0 and float(intercept).is_integer():
         hu = values + int(intercept)
     else:
@@ -273,6 +290,54 @@ def to_hu(ds: pydicom.Dataset) -> np.ndarray:
     if padding is not None:
         hu[padding] = HU_MIN
     return hu
+
+
+def _rescale(ds: pydicom.Dataset, keyword: str, default: float) -> float:
+    """RescaleSlope or RescaleIntercept: ``default`` when absent, a NotHounsfieldError when
+    present but not a finite number (or a zero slope)."""
+    value = ds.get(keyword)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise NotHounsfieldError(
+            _not_hu(f"{keyword} {display_name(str(value), 24)}", "which is not a number")
+        ) from None
+    if np.isnan(number):
+        raise NotHounsfieldError(_not_hu(f"{keyword} {value}", "which is not a number"))
+    if not np.isfinite(number):
+        raise NotHounsfieldError(_not_hu(f"{keyword} {value}", "which is not a finite number"))
+    if keyword == "RescaleSlope" and number == 0:
+        raise NotHounsfieldError(
+            _not_hu(f"{keyword} {value}", "which would give every pixel the same value")
+        )
+    return number
+
+
+def _not_hu(what: str, why: str) -> str:
+    return f"has {what}, {why}, so its pixels cannot be read as Hounsfield units"
+
+
+def _check_hu_range(
+    ds: pydicom.Dataset, values: np.ndarray, slope: float, intercept: float
+) -> None:
+    """The rescaled pixels (padding left out) must lie within ±HU_PLAUSIBLE; beyond it, the
+    clip to int16 would silently turn them into a flat image (1e308 × stored → 32767 HU)."""
+    if values.size == 0:
+        return
+    ends = [float(values.min()) * slope + intercept, float(values.max()) * slope + intercept]
+    low, high = min(ends), max(ends)
+    if np.isfinite(low) and np.isfinite(high) and -HU_PLAUSIBLE <= low <= high <= HU_PLAUSIBLE:
+        return
+    raise NotHounsfieldError(
+        _not_hu(
+            f"RescaleSlope {ds.get('RescaleSlope', 1)} and RescaleIntercept "
+            f"{ds.get('RescaleIntercept', 0)}",
+            f"which would put its pixels between {low:.4g} and {high:.4g} HU, beyond the "
+            f"±{HU_PLAUSIBLE} that any CT value lies within",
+        )
+    )
 
 
 def _padding_mask(ds: pydicom.Dataset, values: np.ndarray) -> np.ndarray | None:
@@ -291,4 +356,13 @@ def _padding_mask(ds: pydicom.Dataset, values: np.ndarray) -> np.ndarray | None:
     high = as_stored(limit) if limit is not None else low
     low, high = min(low, high), max(low, high)
     mask = (values >= low) & (values <= high)
+    if mask.all():
+        span = (
+            f"PixelPaddingValue {low}"
+            if low == high
+            else f"PixelPaddingValue range ({low} to {high})"
+        )
+        raise NotHounsfieldError(
+            f"has a {span} that covers every pixel, which would turn the whole slice into air"
+        )
     return mask if mask.any() else None

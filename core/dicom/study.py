@@ -245,7 +245,7 @@ def _skip_notes(skipped: list[Skipped]) -> list[str]:
     for s in skipped:
         by_reason[s.reason].append(s)
     for reason, items in by_reason.items():
-        if reason in (SkipReason.DAMAGED, SkipReason.UNSUPPORTED):
+        if reason in (SkipReason.DAMAGED, SkipReason.UNSUPPORTED, SkipReason.IMPOSSIBLE_VALUES):
             notes += [_as_sentence(s) for s in items[:20]]
             if len(items) > 20:
                 notes.append(f"… and {len(items) - 20} more {reason.value} files were skipped.")

@@ -40,3 +40,23 @@ def huge_rle_slice(real: bytes) -> bytes:
 def with_huge_rle_slice(tmp: Path, files: Files) -> Path:
     """A zip of real slices plus one huge RLE header (named huge.dcm)."""
     return write_zip([*files, ("huge.dcm", huge_rle_slice(files[0][1]))], tmp / "huge_rle.zip")
+
+
+def rescaled(real: bytes, slope: str | None = None, intercept: str | None = None) -> bytes:
+    """A real slice with RescaleSlope and/or RescaleIntercept replaced by the given text."""
+    ds = read_ds(real)
+    if slope is not None:
+        ds.RescaleSlope = slope
+    if intercept is not None:
+        ds.RescaleIntercept = intercept
+    return write_ds(ds)
+
+
+def padded_everywhere(real: bytes) -> bytes:
+    """A real slice whose PixelPaddingValue..PixelPaddingRangeLimit spans every stored value."""
+    ds = read_ds(real)
+    stored = ds.pixel_array
+    vr = "SS" if ds.PixelRepresentation else "US"
+    ds.add_new(0x00280120, vr, int(stored.min()))  # PixelPaddingValue
+    ds.add_new(0x00280121, vr, int(stored.max()))  # PixelPaddingRangeLimit
+    return write_ds(ds)

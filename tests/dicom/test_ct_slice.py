@@ -16,7 +16,13 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_helpers import read_ds, write_ds, write_zip
-from hostile_inputs import HUGE_SIDE, huge_rle_slice, with_huge_rle_slice
+from hostile_inputs import (
+    HUGE_SIDE,
+    huge_rle_slice,
+    padded_everywhere,
+    rescaled,
+    with_huge_rle_slice,
+)
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -28,7 +34,15 @@ from pydicom.uid import (
 )
 
 from core.dicom.archive import Member
-from core.dicom.ct_slice import MAX_SLICE_SIDE, RawSlice, Skipped, SkipReason, read_member, to_hu
+from core.dicom.ct_slice import (
+    MAX_SLICE_SIDE,
+    NotHounsfieldError,
+    RawSlice,
+    Skipped,
+    SkipReason,
+    read_member,
+    to_hu,
+)
 from core.dicom.study import load_studies
 
 # The two pixel formats of the RSNA set (checked in test_the_two_real_pixel_formats):
@@ -278,3 +292,81 @@ def test_slice_over_the_size_limit_is_skipped_before_decoding(real_slices, tmp_p
     study = load_studies(with_huge_rle_slice(tmp_path, files))[0]
     assert study.default_series.n_slices == 2
     assert any("huge.dcm declares a 30000×30000 image" in w for w in study.warnings)
+
+
+@pytest.mark.parametrize(
+    ("slope", "intercept", "problem"),
+    [
+        ("nan", None, "has RescaleSlope nan, which is not a number"),
+        ("0", None, "has RescaleSlope 0, which would give every pixel the same value"),
+        ("inf", None, "has RescaleSlope inf, which is not a finite number"),
+        (None, "-inf", "has RescaleIntercept -inf, which is not a finite number"),
+        (None, "nan", "has RescaleIntercept nan, which is not a number"),
+        (
+            "1e308",
+            None,
+            "has RescaleSlope 1e308 and RescaleIntercept -1024, which would put its pixels "
+            "between inf and inf HU, beyond the ±65536 that any CT value lies within",
+        ),
+        (
+            None,
+            "-1e9",
+            "has RescaleSlope 1 and RescaleIntercept -1e9, which would put its pixels between "
+            "-1e+09 and -1e+09 HU, beyond the ±65536 that any CT value lies within",
+        ),
+    ],
+    ids=[
+        "slope-nan",
+        "slope-0",
+        "slope-inf",
+        "intercept-minus-inf",
+        "intercept-nan",
+        "slope-1e308",
+        "intercept-minus-1e9",
+    ],
+)
+def test_impossible_rescale_is_skipped_with_a_reason(
+    real_slices, tmp_path, slope, intercept, problem
+) -> None:
+    """Impossible rescale values used to be read as 1 and 0 (NaN, 0, inf) or clipped into a
+    flat image (1e308 → 32767 HU) silently; the slice is now skipped and the user told why."""
+    files = real_slices[UNSIGNED_12][:3]
+    name, data = files[1]
+    bad = rescaled(data, slope, intercept)
+    skipped = read_member(Member("bad.dcm", bad))
+    assert isinstance(skipped, Skipped), f"{problem!r}: read as a slice"
+    assert skipped.reason == SkipReason.IMPOSSIBLE_VALUES
+    assert skipped.detail == (
+        f"bad.dcm {problem}, so its pixels cannot be read as Hounsfield units; "
+        "the slice was skipped"
+    )
+    with pytest.raises(NotHounsfieldError):
+        to_hu(read_ds(bad))
+
+    study = load_studies(write_zip([files[0], ("bad.dcm", bad), files[2]], tmp_path / "z.zip"))[0]
+    assert study.default_series.n_slices == 2
+    assert f"bad.dcm {problem}" in "\n".join(study.warnings), study.warnings
+
+
+def test_plausible_rescale_is_still_read(real_slices) -> None:
+    """A slope of 0.5 with an intercept of -512 is unusual but possible: read, not skipped."""
+    name, data = real_slices[UNSIGNED_12][1]
+    reference = to_hu(read_ds(data)).astype(np.int32)
+    raw = read_member(Member(name, rescaled(data, "0.5", "-512")))
+    assert isinstance(raw, RawSlice) and raw.hu is not None
+    stored = read_ds(data).pixel_array.astype(np.float64)
+    assert np.array_equal(raw.hu, np.clip(np.rint(stored * 0.5 - 512), -1024, None))
+    assert not np.array_equal(raw.hu, reference)
+
+
+@pytest.mark.parametrize("study_id", [UNSIGNED_12, SIGNED_16])
+def test_padding_that_covers_the_whole_image_is_skipped(real_slices, study_id) -> None:
+    name, data = real_slices[study_id][2]
+    stored = read_ds(data).pixel_array
+    low, high = int(stored.min()), int(stored.max())
+    skipped = read_member(Member("air.dcm", padded_everywhere(data)))
+    assert isinstance(skipped, Skipped) and skipped.reason == SkipReason.IMPOSSIBLE_VALUES
+    assert skipped.detail == (
+        f"air.dcm has a PixelPaddingValue range ({low} to {high}) that covers every pixel, "
+        "which would turn the whole slice into air; the slice was skipped"
+    )
