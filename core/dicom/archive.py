@@ -3,12 +3,19 @@
 Why this module exists: an uploaded zip is untrusted. Its member names are never used as paths
 (nothing is written to disk at all: members are read into memory one at a time), and limits on
 member count, total uncompressed size and compression ratio stop zip bombs before they inflate.
+
+What an upload may cost is bounded while it is read, too. Each member is inflated only when
+asked for (its first bytes alone when they are enough to refuse it) and never past its declared
+size, so the declared total, checked before anything inflates, bounds the bytes inflated; no
+member's bytes are kept once handed out, so memory holds only the members being parsed; and the
+whole upload has a deadline (ArchiveLimits.max_seconds), checked before each member is read.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,16 +35,51 @@ class ArchiveLimits:
     max_members: int = 20_000
     max_total_bytes: int = 4 << 30  # uncompressed, whole upload
     max_member_bytes: int = 512 << 20  # one file (a multi-frame object can be large)
-    max_ratio: float = 200.0  # uncompressed / compressed, checked for members above 1 MiB
+    # uncompressed / compressed: checked for each member above 1 MiB, and for the whole zip once
+    # it unpacks to more than 64 MiB (many small members of zeros are a bomb too)
+    max_ratio: float = 200.0
+    # Wall-clock time to read one upload, parsing included: past it the upload is stopped with a
+    # message rather than left to hang. The real studies read at up to 0.35 s a slice on two
+    # busy cores, so a 1,500-slice thin series still fits.
+    max_seconds: float = 600.0
 
 
 DEFAULT_LIMITS = ArchiveLimits()
+#: A zip that unpacks to less than this is not checked for its overall ratio: it costs little.
+_WHOLE_ZIP_RATIO_FROM = 64 << 20
+
+
+class _Deadline:
+    """The time one upload may take, from the moment it is opened; every member read checks it
+    first (from any thread), so a slow upload stops within one member's parse per thread."""
+
+    def __init__(self, limits: ArchiveLimits) -> None:
+        self._seconds = limits.max_seconds
+        self._at = time.monotonic() + limits.max_seconds
+
+    def check(self) -> None:
+        if time.monotonic() >= self._at:
+            raise UnsafeArchiveError(
+                f"Reading this upload took longer than the {self._seconds:.0f} s allowed, so it "
+                "was stopped: it holds far more than one head CT, or files built to be slow to "
+                "read. Upload one study at a time."
+            )
+
+
+#: Reads a member: all of it (None) or its first n bytes, inflated afresh on each call.
+Loader = Callable[[int | None], bytes]
 
 
 class Member:
     """One file of an upload: a name (shown, never used as a path) and its bytes, read lazily
-    so that several members can be inflated in parallel. ``error`` says why the archive itself
-    could not give the bytes (a damaged member); ``data`` is then empty."""
+    so that several members can be inflated in parallel.
+
+    ``read()`` inflates the bytes each time it is called and keeps nothing, so a member costs
+    memory only while its reader holds the bytes; ``read(n)`` inflates only the first n bytes,
+    enough to refuse a file that is not DICOM. ``data`` and ``error`` read once and keep the
+    result (for callers that want the bytes to stay): ``error`` says why the archive itself
+    could not give them (a damaged member), ``data`` is then empty.
+    """
 
     __slots__ = ("name", "_data", "_error", "_loader")
 
@@ -46,18 +88,30 @@ class Member:
         name: str,
         data: bytes | None = None,
         error: str | None = None,
-        loader: Callable[[], bytes] | None = None,
+        loader: Loader | None = None,
     ) -> None:
         self.name = name
         self._data = data
         self._error = error
         self._loader = loader
 
+    def read(self, limit: int | None = None) -> bytes:
+        """The member's bytes (only the first ``limit`` when given), not kept by the member.
+
+        Raises DamagedMemberError when the archive cannot give them, UnsafeArchiveError when the
+        upload has taken longer than ArchiveLimits.max_seconds.
+        """
+        if self._error is not None:
+            raise DamagedMemberError(self._error)
+        if self._data is not None:
+            return self._data if limit is None else self._data[:limit]
+        return self._loader(limit) if self._loader else b""
+
     def _load(self) -> None:
         if self._data is None and self._error is None:
             try:
-                self._data = self._loader() if self._loader else b""
-            except _DamagedMember as exc:
+                self._data = self._loader(None) if self._loader else b""
+            except DamagedMemberError as exc:
                 self._data, self._error = b"", str(exc)
             self._loader = None
 
@@ -90,8 +144,10 @@ def open_upload(
 
     ``source`` is a zip (path, bytes or file object), a folder (walked at any depth, links not
     followed) or a single file. Raises InputError / UnsafeArchiveError before any member is
-    inflated when the upload breaks a limit.
+    inflated when the upload breaks a limit; reading a member raises UnsafeArchiveError once the
+    upload has taken longer than ``limits.max_seconds``.
     """
+    deadline = _Deadline(limits)
     if isinstance(source, io.IOBase):
         source = source.read()
     if isinstance(source, bytes | bytearray | memoryview):
@@ -102,18 +158,18 @@ def open_upload(
             yield [Member("upload", data)]
             return
         with _open_zip(io.BytesIO(data)) as zf:
-            yield _zip_members(zf, limits)
+            yield _zip_members(zf, limits, deadline)
         return
     path = Path(source)
     if path.is_dir():
-        yield _folder_members(path, limits)
+        yield _folder_members(path, limits, deadline)
     elif path.is_file() and (zipfile.is_zipfile(path) or _starts_like_zip(path)):
         with path.open("rb") as fh, _open_zip(fh) as zf:
-            yield _zip_members(zf, limits)
+            yield _zip_members(zf, limits, deadline)
     elif path.is_file():
         if path.stat().st_size > limits.max_member_bytes:
             raise UnsafeArchiveError(f"{display_name(path.name)} is larger than one file may be.")
-        yield [Member(path.name, loader=path.read_bytes)]
+        yield [Member(path.name, loader=partial(_read_file, path, deadline))]
     else:
         raise InputError(f"Nothing found at {display_name(str(path))}: no such file or folder.")
 
@@ -138,7 +194,13 @@ def iter_members(
             yield member
 
 
-def _folder_members(root: Path, limits: ArchiveLimits) -> list[Member]:
+def _read_file(path: Path, deadline: _Deadline, limit: int | None = None) -> bytes:
+    deadline.check()
+    with path.open("rb") as fh:
+        return fh.read(-1 if limit is None else limit)
+
+
+def _folder_members(root: Path, limits: ArchiveLimits, deadline: _Deadline) -> list[Member]:
     members: list[Member] = []
     total = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -155,7 +217,11 @@ def _folder_members(root: Path, limits: ArchiveLimits) -> list[Member]:
                     f"({limits.max_members} files, {limits.max_total_bytes >> 20} MB)."
                 )
             if size <= limits.max_member_bytes:
-                members.append(Member(str(fpath.relative_to(root)), loader=fpath.read_bytes))
+                members.append(
+                    Member(
+                        str(fpath.relative_to(root)), loader=partial(_read_file, fpath, deadline)
+                    )
+                )
     return members
 
 
@@ -173,7 +239,7 @@ def _open_zip(fh: io.IOBase) -> Iterator[zipfile.ZipFile]:
         yield zf
 
 
-def _zip_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[Member]:
+def _zip_members(zf: zipfile.ZipFile, limits: ArchiveLimits, deadline: _Deadline) -> list[Member]:
     """Check the whole archive against the limits, then hand out lazy members.
 
     zipfile reads different members of one archive safely from several threads, and each
@@ -200,7 +266,15 @@ def _zip_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[Member]:
         )
     for info in infos:
         _check_ratio(info, limits)
-    return [Member(i.filename, loader=partial(_read_capped, zf, i, limits)) for i in infos]
+    compressed = sum(i.compress_size for i in infos)
+    if declared > _WHOLE_ZIP_RATIO_FROM and declared > limits.max_ratio * max(compressed, 1):
+        raise UnsafeArchiveError(
+            f"This zip looks like a zip bomb (its {len(infos)} files are compressed more than "
+            f"{limits.max_ratio:.0f}:1 overall); it was rejected."
+        )
+    return [
+        Member(i.filename, loader=partial(_read_capped, zf, i, limits, deadline)) for i in infos
+    ]
 
 
 def _check_ratio(info: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
@@ -218,14 +292,23 @@ def _check_ratio(info: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
         )
 
 
-def _read_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimits) -> bytes:
-    """Read one member, never inflating past its declared size (headers can lie)."""
+def _read_capped(
+    zf: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    limits: ArchiveLimits,
+    deadline: _Deadline,
+    limit: int | None = None,
+) -> bytes:
+    """Read one member (its first ``limit`` bytes only, when given), never inflating past its
+    declared size (headers can lie)."""
+    deadline.check()
     cap = min(info.file_size, limits.max_member_bytes)
+    want = cap + 1 if limit is None else min(limit, cap)  # +1: find a member longer than declared
     parts: list[bytes] = []
     got = 0
     try:
         with zf.open(info) as member:
-            while chunk := member.read(min(_CHUNK, cap + 1 - got)):
+            while got < want and (chunk := member.read(min(_CHUNK, want - got))):
                 got += len(chunk)
                 if got > cap:
                     raise UnsafeArchiveError(
@@ -234,12 +317,13 @@ def _read_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ArchiveLimi
                     )
                 parts.append(chunk)
     except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as exc:
-        # A damaged member (bad CRC, unsupported method): return what marks it unreadable.
-        raise _DamagedMember(info.filename) from exc
+        # A damaged member (bad CRC, unsupported method): raise what marks it unreadable.
+        raise DamagedMemberError(
+            f"{display_name(info.filename)} is damaged inside the zip and was skipped."
+        ) from exc
     return b"".join(parts)
 
 
-class _DamagedMember(InputError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"{display_name(name)} is damaged inside the zip and was skipped.")
-        self.name = name
+class DamagedMemberError(InputError):
+    """The archive cannot give one member's bytes (bad CRC, unsupported compression); the
+    message names the member. The rest of the upload can still be read."""

@@ -18,7 +18,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import MediaStorageDirectoryStorage
 
-from core.dicom.archive import Member, display_name
+from core.dicom.archive import DamagedMemberError, Member, display_name
 
 # Real-world files (the RSNA set among them) carry non-conforming UIDs and values; reading them
 # must not flood the log with pydicom's validation warnings, nor fail.
@@ -132,12 +132,42 @@ HEADER_KEYWORDS = (
 )
 
 
+#: Enough of a file to tell whether it can be DICOM: the 128-byte preamble, 'DICM' and the
+#: first tag after it.
+HEAD_BYTES = 136
+#: The first tag group of a DICOM dataset written without preamble (older exports): the file
+#: meta group (0002) or the identifying group (0008), little or big endian.
+_RAW_DATASET_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """Whether a file's first HEAD_BYTES can begin a DICOM file: 'DICM' after the preamble,
+    followed by the file meta group (0002), or, without preamble, a dataset whose first tag is
+    in group 0002 or 0008.
+
+    Why: a member that is not DICOM (a photo, a PDF, a megabyte of zeros) is refused from its
+    first bytes, before it is inflated and parsed; pydicom's forced parse of 1 MiB of zeros
+    alone takes seconds.
+    """
+    if head[128:132] == b"DICM":
+        return head[132:134] == b"\x02\x00"
+    return head[:2] in _RAW_DATASET_STARTS
+
+
 def read_member(member: Member) -> RawSlice | Skipped:
-    """Parse one file; never raises for bad content (a bad file becomes a Skipped)."""
+    """Parse one file; never raises for bad content (a bad file becomes a Skipped).
+
+    Only the file's first bytes are inflated until it looks like DICOM, and its bytes are not
+    kept once parsed (the slice keeps its HU pixels only). UnsafeArchiveError from the archive
+    (the upload took longer than ArchiveLimits.max_seconds) is raised: it stops the upload.
+    """
     name = display_name(member.name)
-    if member.error:
-        return Skipped(name, SkipReason.DAMAGED, member.error)
-    ds = _dcmread(member.data)
+    try:
+        if not looks_like_dicom(member.read(HEAD_BYTES)):
+            return Skipped(name, SkipReason.NOT_DICOM, f"{name} is not a DICOM file")
+        ds = _dcmread(member.read())
+    except DamagedMemberError as exc:
+        return Skipped(name, SkipReason.DAMAGED, str(exc))
     if ds is None:
         return Skipped(name, SkipReason.NOT_DICOM, f"{name} is not a DICOM file")
     if _is_dicomdir(ds):

@@ -194,12 +194,18 @@ def load_studies(
     """
     raws: list[RawSlice] = []
     skipped: list[Skipped] = []
-    # Inflating (zlib) and decoding release the GIL: members are read on all cores.
+    # Inflating (zlib) and decoding release the GIL: members are read on all cores. Each member's
+    # bytes live only while it is parsed; past the upload's deadline (ArchiveLimits.max_seconds)
+    # reading stops with an UnsafeArchiveError, and the members not yet read are dropped.
     with open_upload(source, limits) as members, ThreadPoolExecutor(_workers()) as pool:
-        for i, result in enumerate(pool.map(read_member, members), 1):
-            (raws if isinstance(result, RawSlice) else skipped).append(result)
-            if progress is not None:
-                progress(i, len(members))
+        try:
+            for i, result in enumerate(pool.map(read_member, members), 1):
+                (raws if isinstance(result, RawSlice) else skipped).append(result)
+                if progress is not None:
+                    progress(i, len(members))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     upload_notes = _skip_notes(skipped)
     ct = [r for r in raws if r.modality == "CT" and r.hu is not None]
     if not ct:

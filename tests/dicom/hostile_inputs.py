@@ -8,14 +8,102 @@ a few real slices (given by the caller) and pydicom, zipfile and Pillow build ev
 
 from __future__ import annotations
 
+import resource
 import struct
+import time
+import tracemalloc
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from dicom_helpers import Files, read_ds, write_ds, write_zip
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 
+
+@dataclass(frozen=True)
+class Cost:
+    """What loading one input cost."""
+
+    outcome: object  # what the run returned, or the InputError it raised
+    seconds: float
+    traced_peak: int  # bytes, tracemalloc's peak (Python objects, numpy arrays); 0 if not traced
+    rss_rise: int  # bytes the process's peak resident memory rose by (native allocations too)
+
+
+def measure(run: Callable[[], object], traced: bool = False) -> Cost:
+    """Run ``run()`` and say what it cost. Any exception other than an InputError propagates:
+    a traceback is never an acceptable answer to a bad upload.
+
+    ``rss_rise`` sees every allocation (a decoder's native buffer too) but only above the
+    process's earlier peak; ``traced=True`` adds tracemalloc's exact peak of Python memory, at
+    several times the run time, so timings are taken untraced.
+    """
+    from core.errors import InputError
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if traced:
+        tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        outcome: object = run()
+    except InputError as exc:
+        outcome = exc
+    finally:
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1] if traced else 0
+        if traced:
+            tracemalloc.stop()
+    rss_rise = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    ) * 1024  # Linux: KiB
+    return Cost(outcome, seconds, peak, rss_rise)
+
+
 HUGE_SIDE = 30_000  # declared Rows and Columns of the RLE header case
+ZEROS_MEMBERS = 3_800  # members of the zip of zeros, 1 MiB each: 3.8 GB from a 4.3 MB zip
+#: Random bytes, stored, that bring the zip of zeros under the 200:1 overall ratio.
+ZEROS_FILLER = 20 << 20
+
+
+def zeros_zip(tmp: Path, filler: int = 0) -> Path:
+    """3,800 members of exactly 1 MiB of zeros, deflated: a 4.3 MB zip that unpacks to 3.8 GB
+    while each member stays under the 1 MiB from which members are checked for their ratio.
+    With ``filler`` > 0, one stored member of that many random bytes (filler.bin) lowers the
+    zip's overall ratio below 200:1, so every member must be looked at.
+
+    Written by hand: zipfile would deflate the same megabyte 3,800 times (minutes on a busy
+    machine); here it is deflated once and its compressed bytes reused for every member.
+    """
+    zeros = bytes(1 << 20)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate, as inside a zip
+    deflated = packer.compress(zeros) + packer.flush()
+    crc = zlib.crc32(zeros)
+    entries = [(f"slice{i:04d}.dcm", crc, len(zeros), deflated, 8) for i in range(ZEROS_MEMBERS)]
+    if filler:
+        noise = b"FILL" + np.random.default_rng(0).bytes(filler - 4)
+        entries.append(("filler.bin", zlib.crc32(noise), filler, noise, 0))
+    return _write_raw_zip(tmp / ("zeros_filled.zip" if filler else "zeros.zip"), entries)
+
+
+def _write_raw_zip(path: Path, entries: list[tuple[str, int, int, bytes, int]]) -> Path:
+    """A zip of (name, crc32, size, bytes as stored, method: 0 stored or 8 deflated) entries."""
+    local, central = bytearray(), bytearray()
+    for name, crc, size, stored, method in entries:
+        raw_name = name.encode()
+        fields = (method, 0, 0x21, crc, len(stored), size, len(raw_name), 0)  # dated 1980-01-01
+        offset = len(local)
+        local += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, *fields) + raw_name + stored
+        central += (
+            struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, *fields, 0, 0, 0, 0, offset)
+            + raw_name
+        )
+    n = len(entries)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, len(central), len(local), 0)
+    path.write_bytes(bytes(local + central + end))
+    return path
 
 
 def huge_rle_slice(real: bytes) -> bytes:

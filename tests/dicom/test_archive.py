@@ -17,18 +17,21 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_helpers import Files, edit, read_ds, write_ds, write_zip, zip_bytes
+from hostile_inputs import ZEROS_FILLER, ZEROS_MEMBERS, measure, zeros_zip
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     BasicTextSRStorage,
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
+    EncapsulatedPDFStorage,
     ExplicitVRLittleEndian,
     MediaStorageDirectoryStorage,
     MRImageStorage,
 )
 
-from core.dicom.archive import ArchiveLimits, iter_members
+from core.dicom.archive import ArchiveLimits, Member, iter_members
+from core.dicom.ct_slice import HEAD_BYTES, RawSlice, Skipped, SkipReason, read_member
 from core.dicom.study import Study, load_studies
 from core.errors import InputError, NoImagesError, UnsafeArchiveError
 
@@ -133,6 +136,105 @@ def test_member_whose_header_lies_about_its_size(series) -> None:
     text = _all_warnings(study)
     assert "bomb.bin is damaged inside the zip and was skipped." in text
     assert ".." not in text
+
+
+def test_many_small_members_of_zeros_are_refused_at_once(tmp_path) -> None:
+    """The audit's bomb: 3,800 members of exactly 1 MiB of zeros, a 4.3 MB zip. Each member is
+    below the 1 MiB from which its own ratio is checked, but the zip is 880:1 overall; it used to
+    run past 120 s and climb towards 4 GB."""
+    path = zeros_zip(tmp_path)
+    assert 4_000_000 < path.stat().st_size < 4_500_000
+    assert len(zipfile.ZipFile(path).infolist()) == ZEROS_MEMBERS
+    cost = measure(lambda: load_studies(path), traced=True)
+    assert isinstance(cost.outcome, UnsafeArchiveError), cost.outcome
+    assert str(cost.outcome) == (
+        "This zip looks like a zip bomb (its 3800 files are compressed more than 200:1 overall); "
+        "it was rejected."
+    )
+    assert cost.seconds < 20, f"{cost.seconds:.1f} s"
+    assert cost.traced_peak < 64 << 20, f"{cost.traced_peak >> 20} MB"
+
+
+def test_members_that_are_not_dicom_are_refused_from_their_first_bytes(tmp_path) -> None:
+    """The same 3,800 members beside 20 MB of random bytes: the overall ratio falls under 200:1,
+    so every member is looked at; only its first bytes are inflated, and nothing is kept."""
+    path = zeros_zip(tmp_path, ZEROS_FILLER)
+    cost = measure(lambda: load_studies(path))
+    assert isinstance(cost.outcome, NoImagesError), cost.outcome
+    assert str(cost.outcome) == (
+        "This upload holds no CT images (3801 file(s) skipped as not DICOM: slice0000.dcm, "
+        "slice0001.dcm, slice0002.dcm, …)."
+    )
+    assert cost.seconds < 20, f"{cost.seconds:.1f} s"
+    assert cost.rss_rise < 256 << 20, f"peak memory rose by {cost.rss_rise >> 20} MB"
+
+
+def test_only_the_head_of_a_member_is_read_until_it_looks_like_dicom(series) -> None:
+    asked: list[int | None] = []
+
+    def loader(data: bytes):
+        def read(limit: int | None) -> bytes:
+            asked.append(limit)
+            return data if limit is None else data[:limit]
+
+        return read
+
+    photo = read_member(Member("photo.png", loader=loader(b"\x89PNG\r\n\x1a\n" + bytes(1 << 20))))
+    assert isinstance(photo, Skipped) and photo.reason == SkipReason.NOT_DICOM
+    assert asked == [HEAD_BYTES]
+    asked.clear()
+    zeros_after_dicm = read_member(
+        Member("z.dcm", loader=loader(bytes(128) + b"DICM" + bytes(1 << 20)))
+    )
+    assert isinstance(zeros_after_dicm, Skipped) and zeros_after_dicm.reason == SkipReason.NOT_DICOM
+    assert asked == [HEAD_BYTES]
+    asked.clear()
+    raw = read_member(Member("slice.dcm", loader=loader(series[0][1])))
+    assert isinstance(raw, RawSlice) and asked == [HEAD_BYTES, None]
+
+
+def _document_bytes(size: int, number: int) -> bytes:
+    """A DICOM Encapsulated PDF of ``size`` bytes: a DICOM object without an image."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EncapsulatedPDFStorage
+    meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.10.{number}"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = EncapsulatedPDFStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DOC"
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = b"%PDF-1.4\n" + bytes(size - 10) + b"\n"
+    return write_ds(ds)
+
+
+def test_member_bytes_are_dropped_once_parsed(tmp_path) -> None:
+    """Every member's bytes used to stay in memory until the whole upload was read (100 MB
+    here, 3.8 GB for the audit's zip); now only the members being parsed are held."""
+    files = [(f"doc{i:03d}.dcm", _document_bytes(1 << 20, i)) for i in range(100)]
+    path = write_zip(files, tmp_path / "documents.zip", zipfile.ZIP_STORED)
+    cost = measure(lambda: load_studies(path), traced=True)
+    assert isinstance(cost.outcome, NoImagesError), cost.outcome
+    assert "100 file(s) skipped as DICOM object without an image" in str(cost.outcome)
+    assert cost.traced_peak < 48 << 20, f"{cost.traced_peak >> 20} MB held for 100 MB of members"
+
+
+def test_an_upload_past_its_deadline_is_stopped(series, tmp_path) -> None:
+    done: list[int] = []
+    for source in (zip_bytes(series[:4]), write_zip(series[:4], tmp_path / "s.zip")):
+        with pytest.raises(UnsafeArchiveError) as info:
+            load_studies(
+                source, limits=ArchiveLimits(max_seconds=0), progress=lambda i, n: done.append(i)
+            )
+        assert str(info.value) == (
+            "Reading this upload took longer than the 0 s allowed, so it was stopped: it holds "
+            "far more than one head CT, or files built to be slow to read. Upload one study at a "
+            "time."
+        )
+    assert done == [], "no member may be read past the deadline"
+    study = _only(load_studies(zip_bytes(series[:4]), limits=ArchiveLimits(max_seconds=60)))
+    assert study.default_series.n_slices == 4
 
 
 def test_member_names_are_never_used_as_paths(series, tmp_path, monkeypatch) -> None:

@@ -8,6 +8,7 @@ JPEG Lossless SV1 with GDCM, which is the only installed encoder for that syntax
 
 from __future__ import annotations
 
+import io
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -23,6 +24,8 @@ from hostile_inputs import (
     rescaled,
     with_huge_rle_slice,
 )
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -35,11 +38,13 @@ from pydicom.uid import (
 
 from core.dicom.archive import Member
 from core.dicom.ct_slice import (
+    HEAD_BYTES,
     MAX_SLICE_SIDE,
     NotHounsfieldError,
     RawSlice,
     Skipped,
     SkipReason,
+    looks_like_dicom,
     read_member,
     to_hu,
 )
@@ -370,3 +375,27 @@ def test_padding_that_covers_the_whole_image_is_skipped(real_slices, study_id) -
         f"air.dcm has a PixelPaddingValue range ({low} to {high}) that covers every pixel, "
         "which would turn the whole slice into air; the slice was skipped"
     )
+
+
+def test_files_without_preamble_pass_the_quick_check(real_slices) -> None:
+    """Some exports write no 128-byte preamble and no 'DICM': the file meta group (0002), or
+    the dataset alone (group 0008), comes first. The quick check that refuses files that are
+    not DICOM from their first bytes must let both through to the parser."""
+    name, data = real_slices[SIGNED_16][0]
+    ds = read_ds(data)
+    ds.preamble = None
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=False)
+    no_preamble = buf.getvalue()
+    assert no_preamble[:2] == b"\x02\x00" and no_preamble[128:132] != b"DICM"
+    raw = read_member(Member("no_preamble", no_preamble))
+    assert isinstance(raw, RawSlice), raw
+    assert np.array_equal(raw.hu, to_hu(ds))
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, ds)
+    bare = fp.getvalue()  # no file meta: no transfer syntax for the decoder either
+    assert bare[:2] == b"\x08\x00"
+    assert looks_like_dicom(bare[:HEAD_BYTES])
+    assert read_member(Member("bare", bare)).reason != SkipReason.NOT_DICOM
