@@ -8,19 +8,24 @@ a few real slices (given by the caller) and pydicom, zipfile and Pillow build ev
 
 from __future__ import annotations
 
+import io
 import resource
 import struct
 import time
 import tracemalloc
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from dicom_helpers import Files, read_ds, write_ds, write_zip
+import pydicom
+from dicom_helpers import Files, read_ds, write_ds, write_zip, zip_bytes
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, RLELossless
 
 
 @dataclass(frozen=True)
@@ -148,3 +153,172 @@ def padded_everywhere(real: bytes) -> bytes:
     ds.add_new(0x00280120, vr, int(stored.min()))  # PixelPaddingValue
     ds.add_new(0x00280121, vr, int(stored.max()))  # PixelPaddingRangeLimit
     return write_ds(ds)
+
+
+def dicomdir_index() -> bytes:
+    """A minimal real DICOMDIR: Media Storage Directory Storage, no records."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.FileSetID = "STUDY"
+    ds.DirectoryRecordSequence = []
+    return write_ds(ds)
+
+
+def mark_encrypted(data: bytes) -> bytes:
+    """The zip with every member flagged as encrypted (general purpose bit 0), in the local
+    headers and the central directory. The standard library cannot write an encrypted zip; to
+    zipfile, and so to the loader, this is one: reading a member asks for a password."""
+    out = bytearray(data)
+    zf = zipfile.ZipFile(io.BytesIO(data))
+    for info in zf.infolist():  # local headers: general purpose flag at offset 6
+        assert out[info.header_offset : info.header_offset + 4] == b"PK\x03\x04"
+        flags = struct.unpack_from("<H", out, info.header_offset + 6)[0]
+        struct.pack_into("<H", out, info.header_offset + 6, flags | 0x1)
+    pos = zf.start_dir
+    for _ in zf.infolist():  # central directory: flag at offset 8
+        assert out[pos : pos + 4] == b"PK\x01\x02"
+        flags = struct.unpack_from("<H", out, pos + 8)[0]
+        struct.pack_into("<H", out, pos + 8, flags | 0x1)
+        n, m, k = struct.unpack_from("<HHH", out, pos + 28)
+        pos += 46 + n + m + k
+    return bytes(out)
+
+
+def photos_zip(tmp: Path) -> Path:
+    """Holiday photos (PNG, JPEG) and a note, zipped: no DICOM at all."""
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    png, jpg = io.BytesIO(), io.BytesIO()
+    photo.save(png, format="PNG")
+    photo.save(jpg, format="JPEG")
+    files = [
+        ("holiday/beach.png", png.getvalue()),
+        ("holiday/sunset.jpg", jpg.getvalue()),
+        ("holiday/notes.txt", b"not a CT\n"),
+    ]
+    return write_zip(files, tmp / "photos.zip")
+
+
+def _with_bad_slice(name: str, bad: Callable[[bytes], bytes]) -> Callable[[Path, Files], Path]:
+    """A builder: the first three real slices, the middle one replaced by bad(it) as ``name``."""
+
+    def build(tmp: Path, files: Files) -> Path:
+        a, b, c = files[:3]
+        return write_zip([a, (name, bad(b[1])), c], tmp / "study.zip")
+
+    return build
+
+
+def _file(name: str, data: Callable[[Files], bytes]) -> Callable[[Path, Files], Path]:
+    def build(tmp: Path, files: Files) -> Path:
+        path = tmp / name
+        path.write_bytes(data(files))
+        return path
+
+    return build
+
+
+def _renamed_dicomdir(tmp: Path, files: Files) -> Path:
+    a, b, c = files[:3]
+    slices = [a, ("export/DICOMDIR", b[1]), c]
+    return write_zip([*slices, ("DICOMDIR", dicomdir_index())], tmp / "export.zip")
+
+
+def _traversal(tmp: Path, files: Files) -> Path:
+    names = ["../../x", "../../../../etc/passwd", "/abs/evil.dcm"]
+    return write_zip([(n, d) for n, (_, d) in zip(names, files[:3], strict=True)], tmp / "tr.zip")
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """One hostile input and the answer the user must get."""
+
+    id: str
+    build: Callable[[Path, Files], Path]  # (tmp_path, real slices in head order) → the upload
+    says: str | None  # a phrase of the message: the InputError's, or the loaded study's warnings
+    loads: int | None = None  # slices still loaded from the rest of the upload; None: refused
+
+
+_NOT_HU = "so its pixels cannot be read as Hounsfield units; the slice was skipped."
+
+CORPUS: tuple[Hostile, ...] = (
+    Hostile(
+        "zeros-3800x1MiB",
+        lambda tmp, files: zeros_zip(tmp),
+        "This zip looks like a zip bomb (its 3800 files are compressed more than 200:1 overall)",
+    ),
+    Hostile(
+        "zeros-3800x1MiB-under-ratio",
+        lambda tmp, files: zeros_zip(tmp, ZEROS_FILLER),
+        "This upload holds no CT images (3801 file(s) skipped as not DICOM: slice0000.dcm",
+    ),
+    Hostile(
+        "dicm-then-zeros",
+        _file("zeros.dcm", lambda files: bytes(128) + b"DICM" + bytes(1 << 20)),
+        "This upload holds no CT images (1 file(s) skipped as not DICOM: zeros.dcm)",
+    ),
+    Hostile(
+        "rle-30000x30000",
+        with_huge_rle_slice,
+        "huge.dcm declares a 30000×30000 image, larger than the 4096×4096 this tool reads",
+        loads=3,
+    ),
+    Hostile(
+        "slope-nan",
+        _with_bad_slice("bad.dcm", lambda d: rescaled(d, slope="nan")),
+        f"bad.dcm has RescaleSlope nan, which is not a number, {_NOT_HU}",
+        loads=2,
+    ),
+    Hostile(
+        "slope-0",
+        _with_bad_slice("bad.dcm", lambda d: rescaled(d, slope="0")),
+        "bad.dcm has RescaleSlope 0, which would give every pixel the same value, " + _NOT_HU,
+        loads=2,
+    ),
+    Hostile(
+        "intercept-minus-inf",
+        _with_bad_slice("bad.dcm", lambda d: rescaled(d, intercept="-inf")),
+        f"bad.dcm has RescaleIntercept -inf, which is not a finite number, {_NOT_HU}",
+        loads=2,
+    ),
+    Hostile(
+        "slope-1e308",
+        _with_bad_slice("bad.dcm", lambda d: rescaled(d, slope="1e308")),
+        "bad.dcm has RescaleSlope 1e308 and RescaleIntercept -1024, which would put its pixels "
+        "between",
+        loads=2,
+    ),
+    Hostile(
+        "padding-covers-image",
+        _with_bad_slice("air.dcm", padded_everywhere),
+        "that covers every pixel, which would turn the whole slice into air; the slice was "
+        "skipped.",
+        loads=2,
+    ),
+    Hostile(
+        "real-slice-named-DICOMDIR",
+        _renamed_dicomdir,
+        "1 file(s) skipped as DICOMDIR index: DICOMDIR.",
+        loads=3,
+    ),
+    Hostile("traversal-names", _traversal, None, loads=3),
+    Hostile(
+        "truncated-zip",
+        _file("cut.zip", lambda files: (z := zip_bytes(files[:3]))[: len(z) // 2]),
+        "This zip is damaged and cannot be opened; export the study again.",
+    ),
+    Hostile(
+        "encrypted-members",
+        _file("locked.zip", lambda files: mark_encrypted(zip_bytes(files[:3]))),
+        "This zip is password-protected. Export the study without a password and upload it again.",
+    ),
+    Hostile(
+        "zip-of-photos",
+        lambda tmp, files: photos_zip(tmp),
+        "This upload holds no CT images (3 file(s) skipped as not DICOM: beach.png, sunset.jpg, "
+        "notes.txt).",
+    ),
+)

@@ -17,8 +17,15 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_helpers import Files, edit, read_ds, write_ds, write_zip, zip_bytes
-from hostile_inputs import ZEROS_FILLER, ZEROS_MEMBERS, measure, zeros_zip
-from PIL import Image
+from hostile_inputs import (
+    ZEROS_FILLER,
+    ZEROS_MEMBERS,
+    dicomdir_index,
+    mark_encrypted,
+    measure,
+    photos_zip,
+    zeros_zip,
+)
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     BasicTextSRStorage,
@@ -26,7 +33,6 @@ from pydicom.uid import (
     DigitalXRayImageStorageForPresentation,
     EncapsulatedPDFStorage,
     ExplicitVRLittleEndian,
-    MediaStorageDirectoryStorage,
     MRImageStorage,
 )
 
@@ -262,22 +268,10 @@ def test_member_names_are_never_used_as_paths(series, tmp_path, monkeypatch) -> 
 
 
 def test_encrypted_zip_asks_for_no_password(series) -> None:
-    data = bytearray(zip_bytes(series[:2]))
-    zf = zipfile.ZipFile(io.BytesIO(bytes(data)))
-    for info in zf.infolist():  # local headers: general purpose flag at offset 6
-        assert data[info.header_offset : info.header_offset + 4] == b"PK\x03\x04"
-        flags = struct.unpack_from("<H", data, info.header_offset + 6)[0]
-        struct.pack_into("<H", data, info.header_offset + 6, flags | 0x1)
-    pos = zf.start_dir
-    for _ in zf.infolist():  # central directory: flag at offset 8
-        assert data[pos : pos + 4] == b"PK\x01\x02"
-        flags = struct.unpack_from("<H", data, pos + 8)[0]
-        struct.pack_into("<H", data, pos + 8, flags | 0x1)
-        n, m, k = struct.unpack_from("<HHH", data, pos + 28)
-        pos += 46 + n + m + k
-    assert all(i.flag_bits & 0x1 for i in zipfile.ZipFile(io.BytesIO(bytes(data))).infolist())
+    data = mark_encrypted(zip_bytes(series[:2]))
+    assert all(i.flag_bits & 0x1 for i in zipfile.ZipFile(io.BytesIO(data)).infolist())
     with pytest.raises(InputError) as info:
-        load_studies(bytes(data))
+        load_studies(data)
     assert "password" in str(info.value) and "without a password" in str(info.value)
 
 
@@ -324,17 +318,8 @@ def test_truncated_zip_is_reported_damaged(series, tmp_path, keep) -> None:
 
 
 def test_zip_of_photos_holds_no_ct(tmp_path) -> None:
-    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    png, jpg = io.BytesIO(), io.BytesIO()
-    photo.save(png, format="PNG")
-    photo.save(jpg, format="JPEG")
-    files = [
-        ("holiday/beach.png", png.getvalue()),
-        ("holiday/sunset.jpg", jpg.getvalue()),
-        ("holiday/notes.txt", b"not a CT\n"),
-    ]
     with pytest.raises(NoImagesError) as info:
-        load_studies(write_zip(files, tmp_path / "photos.zip"))
+        load_studies(photos_zip(tmp_path))
     message = str(info.value)
     assert "no CT images" in message
     assert "3 file(s) skipped as not DICOM" in message
@@ -390,18 +375,6 @@ def test_mixed_ct_and_mr_loads_the_ct(series) -> None:
 # --------------------------------------------------------------------------- non-image files
 
 
-def _dicomdir_bytes() -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
-    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.FileSetID = "STUDY"
-    ds.DirectoryRecordSequence = []
-    return write_ds(ds)
-
-
 def _text_report_bytes(study_uid: str) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = BasicTextSRStorage
@@ -423,8 +396,8 @@ def test_dicomdir_and_report_are_skipped_and_counted(series) -> None:
     study_uid = read_ds(series[0][1]).StudyInstanceUID
     files = [
         *series[:3],
-        ("DICOMDIR", _dicomdir_bytes()),
-        ("export/INDEX.dcm", _dicomdir_bytes()),  # a DICOMDIR by its SOP class, not its name
+        ("DICOMDIR", dicomdir_index()),
+        ("export/INDEX.dcm", dicomdir_index()),  # a DICOMDIR by its SOP class, not its name
         ("export/report.dcm", _text_report_bytes(study_uid)),
     ]
     study = _only(load_studies(zip_bytes(files)))
@@ -436,7 +409,7 @@ def test_dicomdir_and_report_are_skipped_and_counted(series) -> None:
 
 def test_a_real_slice_named_dicomdir_is_a_slice(series) -> None:
     """A DICOMDIR is told by its content, not its name: a slice exported as 'DICOMDIR' loads."""
-    files = [*series[:2], ("export/DICOMDIR", series[2][1]), ("DICOMDIR", _dicomdir_bytes())]
+    files = [*series[:2], ("export/DICOMDIR", series[2][1]), ("DICOMDIR", dicomdir_index())]
     study = _only(load_studies(zip_bytes(files)))
     s = study.default_series
     assert s.n_slices == 3
