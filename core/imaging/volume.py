@@ -40,11 +40,13 @@ ABOVE_BRAIN_HU = 22.0
 #: Share of a slice's Grad-CAM maximum a region must reach to be kept.
 CAM_KEEP = 0.5
 
-METHOD = (
+#: How the fallback's method begins: a reader must see it is not the model's outline.
+FALLBACK_PREFIX = "fallback for a model without a bleed map: "
+METHOD = FALLBACK_PREFIX + (
     f"voxels of {BLOOD_HU[0]:.0f}–{BLOOD_HU[1]:.0f} HU (and ≥ {ABOVE_BRAIN_HU:.0f} HU above the "
     f"slice's median brain) inside the skull (>{BONE_MARGIN_MM:.0f} mm "
     f"from bone), regions ≥ {MIN_REGION_MM2:.0f} mm² where the Grad-CAM is high, on the "
-    "slices the model flags; × pixel spacing × slice spacing"
+    "slices the model flags; Σ area × each slice's own extent along the patient axis"
 )
 ABC2_METHOD = (
     "ABC/2 (Kothari 1996): A, B on the slice where the bleed is largest, C = slices × spacing"

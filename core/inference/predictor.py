@@ -359,9 +359,6 @@ IN_TRAINING_NOTE = (
 #: Most slices given a Grad-CAM for localisation (each costs about one forward pass).
 MAX_LOCALISED_SLICES = 24
 
-#: How the fallback's method begins: a reader must see it is not the model's outline.
-FALLBACK_PREFIX = "fallback for a model without a bleed map: "
-
 STUDY_BY_MAX = "maximum over the slices"
 STUDY_BY_CONTEXT = "slice-context model (1-D convolution over the slices in order)"
 
@@ -634,9 +631,7 @@ class Predictor:
         flagged = [int(i) for i in np.argsort(-p, kind="stable")[:max_slices] if p[i] >= cut]
         cams = {i: self.explain(series, i, label).cam for i in flagged}
         estimate = estimate_bleed(series.hu, z, spacing, flagged, cams)
-        return dataclasses.replace(
-            estimate, threshold=float(cut), method=FALLBACK_PREFIX + estimate.method
-        )
+        return dataclasses.replace(estimate, threshold=float(cut))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities (float32, CPU) of a model-ready batch (n, 3, size, size):

@@ -189,9 +189,11 @@ def hemseg_report(
     }
     per_study = []
     with_study = {r.study_instance_uid for r in rows if r.source.startswith("rsna_ich:")}
-    for uid in sorted(with_study) if studies_dir is not None else ():
+    zips = [studies_dir / f"{uid}.zip" for uid in sorted(with_study)] if studies_dir else []
+    for path in zips:
+        uid = path.stem
         mine = {r.image_id for r in rows if r.study_instance_uid == uid}
-        study = load_studies(Path(studies_dir or ".") / f"{uid}.zip")[0]
+        study = load_studies(path)[0]
         series = study.default_series
         truth3 = np.zeros(series.hu.shape, dtype=bool)
         for k, s in enumerate(series.slices):

@@ -17,9 +17,9 @@ import torch
 
 from core.dicom.study import Study, load_studies
 from core.errors import ModelError
+from core.imaging.volume import FALLBACK_PREFIX
 from core.imaging.windowing import model_input
 from core.inference.predictor import (
-    FALLBACK_PREFIX,
     InferenceTiming,
     Predictor,
     ResultCache,
