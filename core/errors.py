@@ -25,3 +25,8 @@ class NoImagesError(InputError):
 
 class ModelError(ICHError):
     """Weights are missing, damaged or do not match the code."""
+
+
+class StoreError(ICHError):
+    """The app's data folder, its review database or its pseudonym key cannot be used (cannot
+    be created, locked, damaged, read-only, written by a newer version…)."""

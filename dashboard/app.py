@@ -13,6 +13,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # works installed or not
 
+from core.errors import ICHError  # noqa: E402
 from dashboard import resources  # noqa: E402
 from dashboard.state import session  # noqa: E402
 from dashboard.views import intake, model_card, reports, review, viewer, worklist  # noqa: E402
@@ -20,7 +21,11 @@ from dashboard.views import patient as patient_view  # noqa: E402
 
 st.set_page_config(page_title="ICH review", page_icon="🧠", layout="wide")
 sess = session()
-store = resources.current_store()
+try:
+    store = resources.current_store()
+except ICHError as exc:  # the data folder or the database cannot be used: say so, in words
+    st.error(str(exc))
+    st.stop()
 predictor, model_message = resources.predictor(resources.weights_dir())
 
 with st.sidebar:

@@ -12,6 +12,13 @@ from data_paths import LABELLED, UNLABELLED_ZIP
 from data_paths import require as _require
 
 
+@pytest.fixture(autouse=True)
+def _own_data_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Every test gets its own app data folder (review database, pseudonym key): a test never
+    writes into the project's data/ and never sees another test's key."""
+    monkeypatch.setenv("ICH_REVIEW_DATA", str(tmp_path_factory.mktemp("app-data")))
+
+
 @pytest.fixture(scope="session")
 def study_zips() -> list[Path]:
     """The 16 labelled study zips."""

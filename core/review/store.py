@@ -1,8 +1,13 @@
 """Reviews a radiologist saved, in one SQLite file under the app's data folder.
 
 Why SQLite: a real database file with transactions, so a saved review survives a crash or a
-restart, and IT can back it up as one file. Reviews are append-only (triggers refuse UPDATE and
-DELETE): a later review adds a row and the latest is shown, the history stays.
+restart, and IT can back it up as one file. Reviews are append-only (triggers refuse UPDATE,
+DELETE and an INSERT that reuses an id, which is what ``INSERT OR REPLACE`` does): a later
+review adds a row and the latest is shown, the history stays. Each row carries a hash chained
+to the row before it (core.review.audit), so a rewrite through the raw file is detectable with
+``python -m core.verify_reviews``. A review is appended under ``BEGIN IMMEDIATE``: the write
+lock is held from reading the previous hash to the commit, so concurrent saves (threads or
+processes) keep one unbroken chain.
 
 The data folder is ``$ICH_REVIEW_DATA`` when set, otherwise ``data/`` in the project folder.
 """
@@ -21,10 +26,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from core.errors import ICHError
+from core.errors import StoreError
 from core.labels import LABELS
+from core.review.audit import CHAINED_COLUMNS, GENESIS, row_hash
 
-SCHEMA_VERSION = 1
+#: 1: reviews, studies, meta. 2: reviews.row_hash (the chain) and the no-reuse trigger.
+SCHEMA_VERSION = 2
 DB_NAME = "reviews.sqlite3"
 
 Overall = Literal["hemorrhage", "no hemorrhage", "uncertain"]
@@ -32,12 +39,25 @@ OVERALL_CHOICES: tuple[str, ...] = ("hemorrhage", "no hemorrhage", "uncertain")
 Agreement = Literal["agree", "disagree"]
 
 
-def data_dir() -> Path:
-    """The app's own data folder (created on first use); nothing is written outside it."""
+def data_dir(create: bool = True) -> Path:
+    """The app's own data folder (created on first use unless ``create`` is False); nothing is
+    written outside it."""
     root = os.environ.get("ICH_REVIEW_DATA")
     path = Path(root).expanduser() if root else Path(__file__).resolve().parents[2] / "data"
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        ensure_folder(path)
     return path
+
+
+def ensure_folder(path: Path) -> None:
+    """Create the folder, or say in words why it cannot be (not an OSError traceback)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"The data folder {path} cannot be created ({exc.strerror or exc}). Set "
+            "ICH_REVIEW_DATA to a folder this account can write to, or ask IT to create it."
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -83,13 +103,9 @@ class StudyRecord:
     study_scores: Mapping[str, float] | None = None
 
 
-class StoreError(ICHError):
-    """The review database cannot be used (locked, damaged, read-only)."""
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS studies (
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS studies (
     study_instance_uid TEXT PRIMARY KEY,
     series_instance_uid TEXT NOT NULL,
     patient_id TEXT NOT NULL,
@@ -99,8 +115,8 @@ CREATE TABLE IF NOT EXISTS studies (
     model_identity TEXT,
     study_scores TEXT,
     updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS reviews (
+)""",
+    """CREATE TABLE IF NOT EXISTS reviews (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     study_instance_uid TEXT NOT NULL,
     series_instance_uid TEXT NOT NULL,
@@ -110,14 +126,23 @@ CREATE TABLE IF NOT EXISTS reviews (
     label_agreement TEXT NOT NULL,
     notes TEXT NOT NULL,
     model_identity TEXT,
-    study_scores TEXT
-);
-CREATE INDEX IF NOT EXISTS reviews_by_study ON reviews (study_instance_uid, id);
-CREATE TRIGGER IF NOT EXISTS reviews_no_update BEFORE UPDATE ON reviews
-    BEGIN SELECT RAISE(ABORT, 'reviews are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS reviews_no_delete BEFORE DELETE ON reviews
-    BEGIN SELECT RAISE(ABORT, 'reviews are append-only'); END;
-"""
+    study_scores TEXT,
+    row_hash TEXT
+)""",
+    "CREATE INDEX IF NOT EXISTS reviews_by_study ON reviews (study_instance_uid, id)",
+)
+#: Recreated on every open, so a dropped trigger comes back (the chain shows what happened
+#: while it was gone). A BEFORE INSERT trigger runs before the REPLACE conflict resolution, so
+#: ``INSERT OR REPLACE`` with an existing id is refused instead of silently deleting the row.
+_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS reviews_no_update BEFORE UPDATE ON reviews "
+    "BEGIN SELECT RAISE(ABORT, 'reviews are append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS reviews_no_delete BEFORE DELETE ON reviews "
+    "BEGIN SELECT RAISE(ABORT, 'reviews are append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS reviews_no_reuse BEFORE INSERT ON reviews "
+    "WHEN EXISTS (SELECT 1 FROM reviews WHERE id = NEW.id) "
+    "BEGIN SELECT RAISE(ABORT, 'reviews are append-only: that review id is taken'); END",
+)
 
 
 class ReviewStore:
@@ -129,31 +154,45 @@ class ReviewStore:
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else data_dir() / DB_NAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('pseudonym_salt', ?)", (secrets.token_hex(16),)
-            )
-            found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if found is None:
-                conn.execute(
-                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                )
-            elif int(found[0]) > SCHEMA_VERSION:
+        ensure_folder(self.path.parent)
+        with self._connect(write=True) as conn:
+            found = _meta(conn, "schema_version")
+            if found is not None and int(found) > SCHEMA_VERSION:
                 raise StoreError(
                     f"The review database {self.path.name} was written by a newer version of "
                     "this tool; update the tool before opening it."
                 )
+            for statement in _TABLES:
+                conn.execute(statement)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(reviews)")}
+            if "row_hash" not in columns:
+                _chain_existing_reviews(conn)
+            for statement in _TRIGGERS:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('pseudonym_salt', ?)", (secrets.token_hex(16),)
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """One connection, one transaction: committed on success, rolled back on any error.
+        A write takes the lock up front (BEGIN IMMEDIATE), so what it reads stays true until
+        it commits."""
         try:
-            with closing(sqlite3.connect(self.path, timeout=30)) as conn:
+            with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as conn:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
-                with conn:  # one transaction: committed on success, rolled back on error
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
                     yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"The review database {self.path.name} cannot be used ({exc}). "
@@ -169,7 +208,7 @@ class ReviewStore:
 
     def save_study(self, record: StudyRecord) -> None:
         """Add the study to the saved worklist (or refresh its entry)."""
-        with self._connect() as conn:
+        with self._connect(write=True) as conn:
             conn.execute(
                 "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(study_instance_uid) DO UPDATE SET "
@@ -200,26 +239,33 @@ class ReviewStore:
         return [StudyRecord(*r[:7], study_scores=_load(r[7])) for r in rows]
 
     def add_review(self, review: Review) -> Review:
-        """Append a review; returns it with its id and timestamp. Never overwrites."""
+        """Append a review; returns it with its id and timestamp. Never overwrites.
+
+        The id is chosen here (one past the highest ever issued) because the row's hash
+        covers it; the write lock is held from reading the previous hash to the commit."""
         created = _now()
-        with self._connect() as conn:
-            cur = conn.execute(
-                "INSERT INTO reviews (study_instance_uid, series_instance_uid, reviewer, "
-                "created_at, overall, label_agreement, notes, model_identity, study_scores) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    review.study_instance_uid,
-                    review.series_instance_uid,
-                    review.reviewer.strip(),
-                    created.isoformat(),
-                    review.overall,
-                    json.dumps({k: review.label_agreement.get(k) for k in LABELS}),
-                    review.notes,
-                    review.model_identity,
-                    _dump(review.study_scores),
-                ),
+        with self._connect(write=True) as conn:
+            last = conn.execute(
+                "SELECT id, row_hash FROM reviews ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            issued = conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'reviews'"
+            ).fetchone()
+            review_id = max(last[0] if last else 0, issued[0] if issued else 0) + 1
+            values = (
+                review_id,
+                review.study_instance_uid,
+                review.series_instance_uid,
+                review.reviewer.strip(),
+                created.isoformat(),
+                review.overall,
+                json.dumps({k: review.label_agreement.get(k) for k in LABELS}),
+                review.notes,
+                review.model_identity,
+                _dump(review.study_scores),
             )
-            review_id = cur.lastrowid
+            previous = (last[1] or "") if last else GENESIS
+            conn.execute(_INSERT_REVIEW, (*values, row_hash(values, previous)))
         return replace(review, created_at=created, review_id=review_id)
 
     def history(self, study_instance_uid: str) -> list[Review]:
@@ -247,6 +293,39 @@ class ReviewStore:
                 "FROM reviews GROUP BY study_instance_uid) m ON r.id = m.id"
             ).fetchall()
         return {r[1]: _review_from_row(r) for r in rows}
+
+
+_INSERT_REVIEW = (
+    f"INSERT INTO reviews ({', '.join(CHAINED_COLUMNS)}, row_hash) "
+    f"VALUES ({', '.join('?' * (len(CHAINED_COLUMNS) + 1))})"
+)
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> str | None:
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if not exists:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+def _chain_existing_reviews(conn: sqlite3.Connection) -> None:
+    """Migration from schema 1: add the hash column and chain the saved reviews in id order.
+
+    Runs inside the opening transaction, so it completes or leaves the file as it was. The
+    no-update trigger is dropped for the fill and recreated by the caller before the commit.
+    It runs only while the column is missing: a row without a hash found later is tampering,
+    not something to fill in.
+    """
+    conn.execute("ALTER TABLE reviews ADD COLUMN row_hash TEXT")
+    conn.execute("DROP TRIGGER IF EXISTS reviews_no_update")
+    previous = GENESIS
+    rows = conn.execute(f"SELECT {', '.join(CHAINED_COLUMNS)} FROM reviews ORDER BY id").fetchall()
+    for values in rows:
+        previous = row_hash(values, previous)
+        conn.execute("UPDATE reviews SET row_hash = ? WHERE id = ?", (previous, values[0]))
 
 
 def _now() -> datetime:

@@ -74,6 +74,19 @@ def test_upload_real_zip_then_worklist_viewer_probabilities(small_zip: Path, app
     assert any(m.value.startswith(f"#### {patient} ·") for m in at.main.markdown)
 
 
+def test_a_data_folder_that_cannot_be_created_is_said_in_words(
+    app_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("ICH_REVIEW_DATA", str(blocker / "data"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    [error] = [e.value for e in at.error]
+    assert error.startswith(f"The data folder {blocker / 'data'} cannot be created")
+    assert "ICH_REVIEW_DATA" in error
+
+
 def test_slider_and_preset_change_the_image(small_zip: Path, app_env: Path) -> None:
     at = _upload(_start(), small_zip)
     caption, url = _image(at)
