@@ -3,7 +3,8 @@
 For a user who wants to know, before triage, which studies and series a zip contains, how its
 slices are ordered along the head, and every problem found (skipped files, gaps, duplicates).
 JSON keys are DICOM keywords where one exists. Patient name and ID are shown only with
-``--show-identity``; otherwise a pseudonym stands in.
+``--show-identity``; otherwise the installation's pseudonym stands in (core.review.pseudonym:
+the same one the dashboard and the reports show).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from core.dicom.study import Series, Study, load_studies
 from core.errors import ICHError
+from core.review.pseudonym import Pseudonymizer, for_installation
 
 
 def series_summary(series: Series, is_default: bool, with_slices: bool = True) -> dict[str, Any]:
@@ -52,17 +54,19 @@ def series_summary(series: Series, is_default: bool, with_slices: bool = True) -
     return out
 
 
-def study_summary(study: Study, show_identity: bool = False) -> dict[str, Any]:
+def study_summary(study: Study, names: Pseudonymizer | None = None) -> dict[str, Any]:
+    """The study as JSON-ready data; ``names`` gives the pseudonym, and without it (the user
+    asked for identity) the name, ID and accession number are shown."""
     default_uid = study.default_series.series_instance_uid
     out: dict[str, Any] = {"StudyInstanceUID": study.study_instance_uid}
-    if show_identity:
+    if names is None:
         out |= {
             "PatientID": study.patient_id,
             "PatientName": study.patient_name,
             "AccessionNumber": study.accession_number,
         }
     else:
-        out["patient"] = study.patient_label()
+        out["patient"] = names.study_label(study)
     out |= {
         "StudyDate": study.study_date.isoformat() if study.study_date else None,
         "StudyDescription": study.study_description,
@@ -128,7 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     except ICHError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summaries = [study_summary(s, args.show_identity) for s in studies]
+    try:
+        names = None if args.show_identity else for_installation()
+    except ICHError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    summaries = [study_summary(s, names) for s in studies]
     try:
         print(json.dumps(summaries, indent=2) if args.json else format_text(summaries))
         sys.stdout.flush()

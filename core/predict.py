@@ -8,7 +8,9 @@ Exit codes: 0 done; 1 an output file could not be written; 2 the input cannot be
 3 no usable model (missing, damaged, or a GPU requested where there is none). Messages are
 written for the person at the terminal, never as tracebacks. Patient names and IDs are never
 printed or written: studies are named by their StudyInstanceUID, and PNG file names are built
-from sanitized UIDs, never from the uploaded file names.
+from sanitized UIDs, never from the uploaded file names. The PDF reports name the patient by
+the installation's pseudonym (core.review.pseudonym, the same one the dashboard shows), or by
+name and ID with ``--show-identity``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from core.model.gradcam import render_overlay
 from core.notice import NOTICE
 from core.reports.pdf import render_pdf, report_input
 from core.reports.secondary_capture import secondary_capture_bytes
+from core.review.pseudonym import Pseudonymizer, for_installation
 
 EXIT_OK = 0
 EXIT_OUTPUT = 1
@@ -88,13 +91,12 @@ def write_reports(
     prediction: StudyPrediction,
     estimate: BleedEstimate | None,
     folder: Path,
-    show_identity: bool,
+    patient: str,
 ) -> list[str]:
     """The study's PDF report and DICOM Secondary Capture; file names from the sanitized UID.
-    The command line has no reviews: the reports say none was recorded."""
-    data = report_input(
-        study, prediction, predictor, estimate, [], study.patient_label(show_identity)
-    )
+    ``patient`` is the label the user chose (pseudonym or identity). The command line has no
+    reviews: the reports say none was recorded."""
+    data = report_input(study, prediction, predictor, estimate, [], patient)
     stem = safe_name(study.study_instance_uid)
     pdf, dcm = f"{stem}_report.pdf", f"{stem}_key-image.dcm"
     (folder / pdf).write_bytes(render_pdf(data))
@@ -178,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.flag_threshold is not None and not 0.0 < args.flag_threshold < 1.0:
         parser.error("--flag-threshold must be a probability between 0 and 1")
 
+    names: Pseudonymizer | None = None
+    if args.report_dir is not None:  # the reports name the patient: the installation's key
+        try:
+            names = for_installation()
+        except ICHError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_OUTPUT
+
     try:
         predictor = _load_predictor(args)
     except ModelError as exc:
@@ -221,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
                     entry["bleed_area_mm2"] = round(area, 1)
             if args.cam_dir is not None:
                 summary["heatmaps"] = write_heatmaps(predictor, study, prediction, args.cam_dir)
-            if args.report_dir is not None:
+            if args.report_dir is not None and names is not None:
+                patient = names.study_label(study, args.show_identity)
                 summary["reports"] = write_reports(
-                    predictor, study, prediction, estimate, args.report_dir, args.show_identity
+                    predictor, study, prediction, estimate, args.report_dir, patient
                 )
         except ModelError as exc:
             print(f"error: {exc}", file=sys.stderr)

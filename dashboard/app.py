@@ -23,6 +23,7 @@ st.set_page_config(page_title="ICH review", page_icon="🧠", layout="wide")
 sess = session()
 try:
     store = resources.current_store()
+    names = resources.current_pseudonyms()
 except ICHError as exc:  # the data folder or the database cannot be used: say so, in words
     st.error(str(exc))
     st.stop()
@@ -33,15 +34,15 @@ with st.sidebar:
     model_card.render(predictor, model_message)
     intake.render(sess)
 
-worklist.render(sess, store, predictor.study_threshold if predictor is not None else None)
+worklist.render(sess, store, names, predictor.study_threshold if predictor is not None else None)
 study = sess.studies.get(sess.open_uid) if sess.open_uid else None
 if study is not None:
     prediction = sess.predictions.get(study.study_instance_uid)
-    patient = study.patient_label(sess.show_identity, store.salt)
+    patient = names.study_label(study, sess.show_identity)
     viewer.render(study, prediction, predictor, model_message, patient)
-    patient_view.render(sess, store, predictor, study)
-    review.render(sess, store, study, prediction)
-    reports.render(sess, store, study, prediction, predictor)
+    patient_view.render(sess, predictor, study, patient)
+    review.render(sess, store, names, study, prediction)
+    reports.render(sess, store, study, prediction, predictor, patient)
 elif sess.open_uid:
     review.render_saved(store, sess.open_uid)
 

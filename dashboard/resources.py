@@ -1,4 +1,5 @@
-"""Process-wide resources, created once and shared by every user: the model and the store.
+"""Process-wide resources, created once and shared by every user: the model, the store and
+the installation's pseudonyms.
 
 Each is cached by its location, so pointing ``ICH_WEIGHTS`` / ``ICH_REVIEW_DATA`` elsewhere
 gives another resource instead of a stale one.
@@ -17,6 +18,7 @@ from core.imaging.volume import BleedEstimate
 from core.inference.predictor import Predictor
 from core.model.checkpoint import DEFAULT_WEIGHTS_DIR
 from core.model.gradcam import Heatmap
+from core.review.pseudonym import Pseudonymizer, for_installation
 from core.review.store import DB_NAME, ReviewStore, data_dir
 
 
@@ -42,6 +44,16 @@ def review_store(folder: Path) -> ReviewStore:
 
 def current_store() -> ReviewStore:
     return review_store(data_dir())
+
+
+@st.cache_resource
+def pseudonyms(folder: Path) -> Pseudonymizer:
+    return for_installation(folder)
+
+
+def current_pseudonyms() -> Pseudonymizer:
+    """The same pseudonyms as the command-line tools: the key in the same data folder."""
+    return pseudonyms(data_dir())
 
 
 @st.cache_resource(max_entries=256, show_spinner="Computing the heatmap…")

@@ -17,7 +17,8 @@ from core.dicom.study import load_studies
 from core.labels import LABELS
 from core.model.checkpoint import ModelSpec, build_model, load_checkpoint, save_checkpoint
 from core.notice import NOTICE
-from core.predict import EXIT_INPUT, EXIT_MODEL, EXIT_OK, main, safe_name
+from core.predict import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, main, safe_name
+from core.review.pseudonym import for_installation
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ModelSpec("tiny", 64)
@@ -177,3 +178,46 @@ def test_json_carries_volume_and_areas_and_reports_are_written(
     assert (reports / f"{stem}_report.pdf").read_bytes().startswith(b"%PDF")
     ds = pydicom.dcmread(reports / f"{stem}_key-image.dcm")
     assert ds.Modality == "OT" and "RESEARCH USE ONLY" in ds.ImageComments
+
+
+def _pdf_text(path: Path) -> str:
+    return subprocess.run(
+        ["pdftotext", "-layout", str(path), "-"], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def test_reports_name_the_patient_by_the_installations_pseudonym(
+    card: Path, small_zip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = load_studies(small_zip)[0]
+    stem = safe_name(study.study_instance_uid)
+    labels = []
+    for site in ("site-a", "site-b"):
+        monkeypatch.setenv("ICH_REVIEW_DATA", str(tmp_path / site))
+        out = tmp_path / site / "reports"
+        argv = [str(small_zip), "--weights", str(card), "--no-volume", "--report-dir", str(out)]
+        assert main(argv) == EXIT_OK
+        text = _pdf_text(out / f"{stem}_report.pdf")
+        [label] = re.findall(r"Patient [0-9A-F]{6}", text)
+        assert label == for_installation(tmp_path / site).study_label(study)
+        assert study.patient_id not in text
+        labels.append(label)
+    assert labels[0] != labels[1]  # each installation its own secret
+
+
+def test_a_data_folder_that_cannot_be_created_exits_1_with_a_message(
+    card: Path,
+    small_zip: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("ICH_REVIEW_DATA", str(blocker / "data"))
+    argv = [str(small_zip), "--weights", str(card), "--report-dir", str(tmp_path / "r")]
+    assert main(argv) == EXIT_OUTPUT
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: The data folder {blocker / 'data'} cannot be created")
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+    assert not (tmp_path / "r").exists()  # stopped before writing anything

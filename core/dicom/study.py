@@ -102,6 +102,8 @@ class Study:
     """One study (StudyInstanceUID) of an upload, with every CT series found for it.
 
     Patient-identifying fields are excluded from repr so that logging a Study never leaks them.
+    How the patient is named on screen and in reports (identity or pseudonym) is decided in
+    core.review.pseudonym, which holds the installation's secret.
     """
 
     study_instance_uid: str
@@ -127,20 +129,6 @@ class Study:
             if s.series_instance_uid == uid:
                 return s
         raise KeyError(uid)
-
-    def patient_label(self, show_identity: bool = False, salt: str = "") -> str:
-        """What the UI shows for the patient: name and ID only when the user asked for them,
-        otherwise a stable pseudonym (hash of the ID with a per-installation salt)."""
-        if show_identity:
-            name = self.patient_name.replace("^", " ").strip()
-            return " · ".join(p for p in (name, self.patient_id) if p) or "(no name or ID)"
-        return pseudonym(self.patient_id or self.study_instance_uid, salt)
-
-
-def pseudonym(identifier: str, salt: str = "") -> str:
-    """A short stable label that tells patients apart without showing who they are."""
-    digest = hashlib.sha256(f"{salt}\x00{identifier}".encode()).hexdigest()
-    return f"Patient {digest[:6].upper()}"
 
 
 def _series_rank(s: Series) -> tuple:

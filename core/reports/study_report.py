@@ -14,6 +14,7 @@ from core.dicom.study import Study
 from core.inference.predictor import StudyPrediction
 from core.labels import LABELS
 from core.notice import NOTICE
+from core.review.pseudonym import Pseudonymizer
 from core.review.store import Review
 
 
@@ -21,8 +22,8 @@ def study_report(
     study: Study,
     prediction: StudyPrediction | None,
     reviews: Sequence[Review],
+    names: Pseudonymizer,
     show_identity: bool = False,
-    salt: str = "",
 ) -> dict[str, Any]:
     series = study.default_series
     report: dict[str, Any] = {
@@ -30,7 +31,7 @@ def study_report(
         "notice": NOTICE,
         "StudyInstanceUID": study.study_instance_uid,
         "SeriesInstanceUID": series.series_instance_uid,
-        "patient": study.patient_label(show_identity, salt),
+        "patient": names.study_label(study, show_identity),
         "StudyDate": study.study_date.isoformat() if study.study_date else None,
         "NumberOfSlices": series.n_slices,
         "warnings": list(study.warnings + series.warnings),

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -170,9 +168,6 @@ class ReviewStore:
             for statement in _TRIGGERS:
                 conn.execute(statement)
             conn.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('pseudonym_salt', ?)", (secrets.token_hex(16),)
-            )
-            conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
 
@@ -199,12 +194,16 @@ class ReviewStore:
                 "Nothing was saved; ask IT to check the data folder."
             ) from exc
 
-    @cached_property
-    def salt(self) -> str:
-        """Per-installation secret mixed into patient pseudonyms, so the same patient gets the
-        same pseudonym here but pseudonyms cannot be matched across sites."""
+    def legacy_pseudonym_salt(self) -> str | None:
+        """The pseudonym salt versions before the key file kept in this database (None when
+        there is none); core.review.pseudonym moves it into the key file."""
         with self._connect() as conn:
-            return conn.execute("SELECT value FROM meta WHERE key = 'pseudonym_salt'").fetchone()[0]
+            return _meta(conn, "pseudonym_salt")
+
+    def forget_legacy_pseudonym_salt(self, value: str) -> None:
+        """Remove the old salt once the key file holds the same value (one source only)."""
+        with self._connect(write=True) as conn:
+            conn.execute("DELETE FROM meta WHERE key = 'pseudonym_salt' AND value = ?", (value,))
 
     def save_study(self, record: StudyRecord) -> None:
         """Add the study to the saved worklist (or refresh its entry)."""

@@ -11,8 +11,9 @@ import io
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
-from core.dicom.study import Study, pseudonym
+from core.dicom.study import Study
 from core.labels import LABELS
+from core.review.pseudonym import Pseudonymizer
 from core.review.store import Review, StudyRecord
 
 
@@ -48,20 +49,16 @@ def build_worklist(
     scores: Mapping[str, Mapping[str, float]],
     saved: Iterable[StudyRecord],
     reviews: Mapping[str, Review],
+    names: Pseudonymizer,
     show_identity: bool = False,
-    salt: str = "",
 ) -> list[WorklistEntry]:
     """All studies, sorted by suspicion: P(any) high to low, studies without scores last."""
     entries: dict[str, WorklistEntry] = {}
     for rec in saved:
         sub, p_sub = top_subtype(rec.study_scores)
-        if show_identity:
-            who = " · ".join(p for p in (rec.patient_name.replace("^", " "), rec.patient_id) if p)
-        else:
-            who = pseudonym(rec.patient_id or rec.study_instance_uid, salt)
         entries[rec.study_instance_uid] = WorklistEntry(
             study_instance_uid=rec.study_instance_uid,
-            patient=who,
+            patient=names.record_label(rec, show_identity),
             study_date=rec.study_date or "",
             n_slices=rec.n_slices,
             p_any=(rec.study_scores or {}).get("any"),
@@ -76,7 +73,7 @@ def build_worklist(
         sub, p_sub = top_subtype(study_scores)
         entries[uid] = WorklistEntry(
             study_instance_uid=uid,
-            patient=study.patient_label(show_identity, salt),
+            patient=names.study_label(study, show_identity),
             study_date=study.study_date.isoformat() if study.study_date else "",
             n_slices=study.default_series.n_slices,
             p_any=(study_scores or {}).get("any"),

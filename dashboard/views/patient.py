@@ -18,7 +18,6 @@ from core.review.monitoring import (
     group_by_patient,
     timeline,
 )
-from core.review.store import ReviewStore
 from dashboard import resources
 from dashboard.state import Session
 
@@ -68,12 +67,12 @@ def _chart(points: list[TimePoint], labels: dict[str, str]) -> go.Figure:
     return fig
 
 
-def render(sess: Session, store: ReviewStore, predictor: Predictor | None, study: Study) -> None:
+def render(sess: Session, predictor: Predictor | None, study: Study, patient: str) -> None:
+    """``patient``: the label the page shows for the open study (pseudonym or identity)."""
     groups = group_by_patient({uid: s.patient_id for uid, s in sess.studies.items()})
     uids = groups.get(study.patient_id)
     if not uids:
         return
-    patient = study.patient_label(sess.show_identity, store.salt)
     with st.expander(f"Patient timeline: {patient} · {len(uids)} studies", expanded=True):
         points = _points(sess, predictor, uids)
         labels = {}

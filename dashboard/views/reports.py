@@ -20,12 +20,15 @@ def render(
     study: Study,
     prediction: StudyPrediction | None,
     predictor: Predictor | None,
+    patient: str,
 ) -> None:
+    """``patient``: the label the page shows for the study (pseudonym or identity)."""
     if prediction is None or predictor is None:
         return
     uid = study.study_instance_uid
     reviews = store.history(uid)
-    key = f"report-{uid}-{len(reviews)}"  # a new review makes the prepared report stale
+    # A new review, or showing/hiding identity, makes the prepared report stale.
+    key = f"report-{uid}-{len(reviews)}-{int(sess.show_identity)}"
     st.markdown("##### Reports")
     cols = st.columns([2, 2, 2, 3])
     if cols[0].button("Prepare reports", key=f"prepare-{uid}", width="stretch"):
@@ -40,7 +43,7 @@ def render(
                 predictor,
                 estimate,
                 reviews,
-                study.patient_label(sess.show_identity, store.salt),
+                patient,
             )
             st.session_state[key] = (render_pdf(data), secondary_capture_bytes(data))
     ready = st.session_state.get(key)

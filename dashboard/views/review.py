@@ -15,6 +15,7 @@ from core.errors import ICHError
 from core.inference.predictor import StudyPrediction
 from core.labels import LABELS
 from core.reports.study_report import study_report
+from core.review.pseudonym import Pseudonymizer
 from core.review.store import OVERALL_CHOICES, Review, ReviewStore, StudyRecord
 from dashboard.state import Session
 from dashboard.text import plain
@@ -37,7 +38,11 @@ def _record(study: Study, prediction: StudyPrediction | None) -> StudyRecord:
 
 
 def render(
-    sess: Session, store: ReviewStore, study: Study, prediction: StudyPrediction | None
+    sess: Session,
+    store: ReviewStore,
+    names: Pseudonymizer,
+    study: Study,
+    prediction: StudyPrediction | None,
 ) -> None:
     uid = study.study_instance_uid
     history = store.history(uid)
@@ -98,9 +103,7 @@ def render(
                     f"- {r.created_at:%Y-%m-%d %H:%M} · {plain(r.reviewer)} · "
                     f"**{r.overall}** {plain(r.notes)}"
                 )
-    report = study_report(
-        study, prediction, history, show_identity=sess.show_identity, salt=store.salt
-    )
+    report = study_report(study, prediction, history, names, show_identity=sess.show_identity)
     st.download_button(
         "Download report (JSON)",
         json.dumps(report, indent=2),

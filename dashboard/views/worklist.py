@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.review.pseudonym import Pseudonymizer
 from core.review.store import ReviewStore
 from core.review.worklist import build_worklist, worklist_csv
 from dashboard.state import Session
 
 
-def render(sess: Session, store: ReviewStore, threshold: float | None = None) -> None:
+def render(
+    sess: Session, store: ReviewStore, names: Pseudonymizer, threshold: float | None = None
+) -> None:
     """``threshold``: the model's operating point for the study P(any) (from its card), or None."""
     scores = {uid: p.study_scores for uid, p in sess.predictions.items()}
     entries = build_worklist(
@@ -18,8 +21,8 @@ def render(sess: Session, store: ReviewStore, threshold: float | None = None) ->
         scores,
         store.studies(),
         store.latest_by_study(),
+        names,
         show_identity=sess.show_identity,
-        salt=store.salt,
     )
     head = st.columns([4, 2, 2])
     head[0].subheader("Worklist")

@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 
-from core.dicom.study import Study, load_studies, pseudonym
+from core.dicom.study import Study, load_studies
 from core.imaging.volume import OUTLINE_RGB
 from core.imaging.windowing import apply_window
 from core.inference.predictor import Predictor, ResultCache
 from core.model.checkpoint import load_checkpoint
-from core.review.store import DB_NAME, ReviewStore
+from core.review.pseudonym import for_installation
 
 FIRST_PREDICTION_TIMEOUT_MS = 120_000  # reading + first model run on 2 CPU cores
 STEP_TIMEOUT_MS = 60_000
@@ -180,8 +180,7 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
 
     # The worklist shows the pseudonym, never the PatientID (the grid draws on a canvas; its
     # accessible table carries the same cell text).
-    salt = ReviewStore(streamlit_server.data_dir / DB_NAME).salt
-    expected_label = pseudonym(study.patient_id, salt)
+    expected_label = for_installation(streamlit_server.data_dir).study_label(study)
     grid = main.get_by_test_id("stDataFrame")
     expect(grid).to_be_visible()
     row = grid.locator("tr[aria-rowindex='2'] td[role=gridcell]")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+import stat
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -10,7 +14,10 @@ from dicom_helpers import edit, write_zip
 from streamlit.testing.v1 import AppTest
 
 from core.dicom.study import load_studies
+from core.inspect import main as inspect_main
 from core.model.checkpoint import find_default_checkpoint, load_checkpoint
+from core.predict import main as predict_main
+from core.review.pseudonym import KEY_NAME, for_installation
 from dashboard.text import plain
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
@@ -72,6 +79,32 @@ def test_upload_real_zip_then_worklist_viewer_probabilities(small_zip: Path, app
     patient = table["Patient"][0]
     assert patient.startswith("Patient ")
     assert any(m.value.startswith(f"#### {patient} ·") for m in at.main.markdown)
+
+
+def test_the_dashboard_and_the_command_line_name_the_patient_alike(
+    small_zip: Path, app_env: Path, tiny_weights: Path, tmp_path: Path, capsys
+) -> None:
+    """One pseudonym everywhere: the worklist (whose rows are also the CSV export), the
+    inspect command and the PDF the predict command writes, from one key in the data folder."""
+    at = _upload(_start(), small_zip)
+    shown = at.main.get("dataframe")[0].value["Patient"][0]
+    study = load_studies(small_zip)[0]
+    assert shown == for_installation(app_env).study_label(study)
+    assert stat.S_IMODE((app_env / KEY_NAME).stat().st_mode) == 0o600
+
+    assert inspect_main([str(small_zip), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["patient"] == shown
+
+    card = find_default_checkpoint(tiny_weights)
+    assert card is not None
+    out = tmp_path / "reports"
+    argv = [str(small_zip), "--weights", str(card), "--no-volume", "--report-dir", str(out)]
+    assert predict_main(argv) == 0
+    pdf = next(out.glob("*_report.pdf"))
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(pdf), "-"], check=True, capture_output=True, text=True
+    ).stdout
+    assert re.findall(r"Patient [0-9A-F]{6}", text) == [shown]
 
 
 def test_a_data_folder_that_cannot_be_created_is_said_in_words(

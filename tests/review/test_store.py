@@ -314,10 +314,3 @@ def test_a_data_folder_that_cannot_be_created_gives_a_readable_error(tmp_path, m
     with pytest.raises(StoreError, match="cannot be created"):
         ReviewStore(blocker / "data" / "reviews.sqlite3")
     assert data_dir(create=False) == blocker / "data"  # naming it never fails
-
-
-def test_pseudonym_salt_is_per_installation_and_stable(tmp_path) -> None:
-    a = ReviewStore(tmp_path / "a.sqlite3")
-    assert len(a.salt) == 32
-    assert ReviewStore(tmp_path / "a.sqlite3").salt == a.salt
-    assert ReviewStore(tmp_path / "b.sqlite3").salt != a.salt

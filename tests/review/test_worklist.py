@@ -7,8 +7,11 @@ import io
 from datetime import UTC, datetime
 
 from core.dicom.study import load_studies
+from core.review.pseudonym import Pseudonymizer
 from core.review.store import Review, StudyRecord
 from core.review.worklist import build_worklist, top_subtype, worklist_csv
+
+NAMES = Pseudonymizer("s" * 32)
 
 
 def test_sorted_by_suspicion_with_unscored_last_and_identity_masked(study_zips) -> None:
@@ -19,19 +22,20 @@ def test_sorted_by_suspicion_with_unscored_last_and_identity_masked(study_zips) 
     review = Review(
         "old", "old.1", "Dr A", "uncertain", created_at=datetime(2026, 1, 2, tzinfo=UTC)
     )
-    rows = build_worklist(studies, scores, saved, {"old": review}, salt="s")
+    rows = build_worklist(studies, scores, saved, {"old": review}, NAMES)
     assert [r.study_instance_uid for r in rows] == [b, "old", a, c]
     assert rows[0].top_subtype == "subarachnoid" and rows[0].p_top_subtype == 0.7
     assert rows[-1].p_any is None and rows[-1].top_subtype == ""
     assert rows[1].review.startswith("uncertain · Dr A · 2026-01-02") and not rows[1].in_session
     assert all(r.patient.startswith("Patient ") for r in rows)
+    assert rows[1].patient == NAMES.pseudonym("PID9")
     text = worklist_csv(rows)
     assert "PID9" not in text and "Doe" not in text
     for study in studies:
         assert study.patient_id not in text
     parsed = list(csv.DictReader(io.StringIO(text)))
     assert [p["study_instance_uid"] for p in parsed] == [b, "old", a, c]
-    shown = build_worklist(studies, scores, saved, {}, show_identity=True)
+    shown = build_worklist(studies, scores, saved, {}, NAMES, show_identity=True)
     assert any(r.patient == "Doe Jane · PID9" for r in shown)
 
 
@@ -46,7 +50,7 @@ def test_csv_cells_a_spreadsheet_would_run_are_neutralised() -> None:
             "s1", "s1.1", "@SUM(A1)", "=cmd|' /C calc'!A0", "2019-01-01", 30, "m", {"any": 0.4}
         )
     ]
-    rows = build_worklist([], {}, saved, {}, show_identity=True)
+    rows = build_worklist([], {}, saved, {}, NAMES, show_identity=True)
     (parsed,) = list(csv.DictReader(io.StringIO(worklist_csv(rows))))
     assert parsed["patient"].startswith("'=cmd")  # shown as text, never run
     assert not any(v.startswith(("=", "+", "-", "@")) for v in parsed.values())
