@@ -149,7 +149,7 @@ def open_upload(
     """
     deadline = _Deadline(limits)
     if isinstance(source, io.IOBase):
-        source = source.read()
+        source = bytes(source.read())
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         if not data:

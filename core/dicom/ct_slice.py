@@ -378,8 +378,8 @@ def _padding_mask(ds: pydicom.Dataset, values: np.ndarray) -> np.ndarray | None:
     bits = int(ds.get("BitsAllocated", 16) or 16)
 
     def as_stored(v: object) -> int:
-        v = int(v)  # type: ignore[call-overload]
-        return v - (1 << bits) if signed and v >= 1 << (bits - 1) else v
+        n = int(v)  # type: ignore[call-overload]
+        return n - (1 << bits) if signed and n >= 1 << (bits - 1) else n
 
     low = as_stored(pad)
     limit = ds.get("PixelPaddingRangeLimit")

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,6 +27,8 @@ from core.dicom.ct_slice import RawSlice, Skipped, SkipReason, parse_dicom_date,
 from core.errors import NoImagesError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Consecutive slices closer than this (mm) share a position.
 DUPLICATE_TOLERANCE_MM = 0.01
@@ -76,7 +79,8 @@ class Series:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.hu.shape)  # type: ignore[return-value]
+        n, rows, cols = self.hu.shape
+        return int(n), int(rows), int(cols)
 
     @property
     def normal(self) -> np.ndarray | None:
@@ -188,7 +192,10 @@ def load_studies(
     with open_upload(source, limits) as members, ThreadPoolExecutor(_workers()) as pool:
         try:
             for i, result in enumerate(pool.map(read_member, members), 1):
-                (raws if isinstance(result, RawSlice) else skipped).append(result)
+                if isinstance(result, RawSlice):
+                    raws.append(result)
+                else:
+                    skipped.append(result)
                 if progress is not None:
                     progress(i, len(members))
         except BaseException:
@@ -308,7 +315,7 @@ def _build_study(uid: str, raws: list[RawSlice], upload_notes: list[str]) -> Stu
     )
 
 
-def _majority(values: list) -> object:
+def _majority(values: list[T]) -> T:
     return Counter(values).most_common(1)[0][0]
 
 
@@ -368,7 +375,7 @@ def _build_series(uid: str, raws: list[RawSlice]) -> Series:
         slices=slices,
         hu=hu,
         orientation=orientation,
-        pixel_spacing=_majority(spacing_px) if spacing_px else None,  # type: ignore[arg-type]
+        pixel_spacing=_majority(spacing_px) if spacing_px else None,
         slice_thickness=float(np.median(thickness)) if thickness else None,
         spacing=spacing,
         tilt_deg=tilt,

@@ -85,7 +85,7 @@ def secondary_capture(data: ReportInput) -> pydicom.Dataset:
         patient_name=study.patient_name or None,
         accession_number=study.accession_number or None,
         study_date=study.study_date,
-        pixel_spacing=tuple(float(v) for v in spacing) if spacing else None,
+        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,
         patient_orientation=("L", "P"),
     )
     sc.SeriesDescription = SERIES_DESCRIPTION

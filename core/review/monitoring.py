@@ -73,7 +73,10 @@ def acquired_at(study_date: date | None, study_time: str) -> datetime | None:
 def timeline(points: Iterable[TimePoint]) -> list[TimePoint]:
     """Time order; studies without a date last, in their given order."""
     items = list(points)
-    dated = sorted((p for p in items if p.acquired is not None), key=lambda p: p.acquired)
+    dated = sorted(
+        (p for p in items if p.acquired is not None),
+        key=lambda p: p.acquired or datetime.min,  # (never None here: filtered above)
+    )
     return dated + [p for p in items if p.acquired is None]
 
 

@@ -235,7 +235,19 @@ class ReviewStore:
                 "SELECT study_instance_uid, series_instance_uid, patient_id, patient_name, "
                 "study_date, n_slices, model_identity, study_scores FROM studies"
             ).fetchall()
-        return [StudyRecord(*r[:7], study_scores=_load(r[7])) for r in rows]
+        return [
+            StudyRecord(
+                study_instance_uid=r[0],
+                series_instance_uid=r[1],
+                patient_id=r[2],
+                patient_name=r[3],
+                study_date=r[4],
+                n_slices=r[5],
+                model_identity=r[6],
+                study_scores=_load(r[7]),
+            )
+            for r in rows
+        ]
 
     def add_review(self, review: Review) -> Review:
         """Append a review; returns it with its id and timestamp. Never overwrites.
