@@ -27,6 +27,30 @@ CAM_NOTE = (
 )
 
 
+#: The outline's controls: (toggle, help) and (slider, help, key), for a model with the bleed
+#: map and for the fallback rule of a model without one.
+_MAP_TOGGLE = (
+    "Outline bleed (model's bleed map)",
+    "The outline and volume from the model's segmentation head, computed with the "
+    "probabilities. Its agreement with hand-drawn outlines is on the model card.",
+)
+_MAP_SLIDER = (
+    "Bleed map threshold",
+    "Default: chosen on validation slices (model card), else 0.5.",
+    "outline-map-threshold",
+)
+_FALLBACK_TOGGLE = (
+    "Outline candidate bleed (fallback rule)",
+    "This model has no bleed map: blood-density regions inside the skull where the Grad-CAM "
+    "is high, on the slices the model flags. An estimate, not a segmentation.",
+)
+_FALLBACK_SLIDER = (
+    "Outline slices from P(any)",
+    "Default: the model's operating point from its card, else 0.5.",
+    "outline-threshold",
+)
+
+
 def _set_slice(key: str, value: int) -> None:
     st.session_state[key] = value
 
@@ -191,47 +215,24 @@ def render(
         heat = None
         bleed = None
         if prediction is not None and predictor is not None:
-            if predictor.has_bleed_map:
-                outline_on = st.toggle(
-                    "Outline bleed (model's bleed map)",
-                    key="outline-on",
-                    help="The outline and volume from the model's segmentation head, computed "
-                    "with the probabilities. Its agreement with hand-drawn outlines is on the "
-                    "model card.",
-                )
-                if outline_on:
-                    cut = st.slider(
-                        "Bleed map threshold",
-                        0.05,
-                        0.95,
-                        round(predictor.bleed_map_threshold * 20) / 20,
-                        0.05,
-                        key="outline-map-threshold",
-                        help="Default: chosen on validation slices (model card), else 0.5.",
-                    )
-                    bleed = resources.bleed_estimate(
-                        predictor,
-                        prediction.weights_identity,
-                        series,
-                        prediction,
-                        series.pixel_hash,
-                        map_threshold=cut,
-                    )
-            elif st.toggle(
-                "Outline candidate bleed (fallback rule)",
-                key="outline-on",
-                help="This model has no bleed map: blood-density regions inside the skull "
-                "where the Grad-CAM is high, on the slices the model flags. An estimate, not a "
-                "segmentation.",
-            ):
+            with_map = predictor.has_bleed_map
+            if with_map:
+                toggle, toggle_help = _MAP_TOGGLE
+                slider, slider_help, slider_key = _MAP_SLIDER
+                default = predictor.bleed_map_threshold
+            else:
+                toggle, toggle_help = _FALLBACK_TOGGLE
+                slider, slider_help, slider_key = _FALLBACK_SLIDER
+                default = predictor.slice_threshold
+            if st.toggle(toggle, key="outline-on", help=toggle_help):
                 cut = st.slider(
-                    "Outline slices from P(any)",
+                    slider,
                     0.05,
                     0.95,
-                    round(predictor.slice_threshold * 20) / 20,
+                    round(default * 20) / 20,
                     0.05,
-                    key="outline-threshold",
-                    help="Default: the model's operating point from its card, else 0.5.",
+                    key=slider_key,
+                    help=slider_help,
                 )
                 bleed = resources.bleed_estimate(
                     predictor,
@@ -239,7 +240,8 @@ def render(
                     series,
                     prediction,
                     series.pixel_hash,
-                    cut,
+                    threshold=None if with_map else cut,
+                    map_threshold=cut if with_map else None,
                 )
             cam_on = st.toggle("Grad-CAM heatmap", key="cam-on")
             if cam_on:
