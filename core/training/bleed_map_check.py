@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from core.imaging.synthesis import (
 from core.imaging.volume import mask_from_bleed_map, measure
 from core.imaging.windowing import model_input
 from core.inference.predictor import Predictor
+from core.training.checkpointing import derived_seed
 from core.training.dataset import read_png_hu
 
 #: Thresholds tried on the synthetic bleeds.
@@ -89,10 +89,6 @@ def _maps(predictor: Predictor, hu: np.ndarray) -> np.ndarray:
     return bleed.numpy()
 
 
-def _seed(image_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:8], "little")
-
-
 def synthetic_threshold(
     predictor: Predictor,
     png_dir: Path,
@@ -131,7 +127,7 @@ def synthetic_threshold(
         if not feasible_kinds(anatomy):
             continue
         try:
-            bleed = synthesize(hu, _seed(image_id), anatomy=anatomy)
+            bleed = synthesize(hu, derived_seed(image_id), anatomy=anatomy)
         except ValueError:
             continue
         if not bleed.mask.any() or hu.shape != (512, 512):

@@ -105,9 +105,14 @@ def state_digest(state: nn.Module | Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def derived_seed(text: str) -> int:
+    """A 64-bit seed from a text (sha256): the same draws for the same run, step or image,
+    whatever the process, without a shared random state."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
-    digest = hashlib.sha256(f"augment:{seed}:{step}:{rank}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return derived_seed(f"augment:{seed}:{step}:{rank}") >> 1
 
 
 def atomic_save(obj: Any, path: Path) -> None:

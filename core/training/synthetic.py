@@ -15,7 +15,6 @@ is usable is remembered.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,16 +22,12 @@ import torch
 from torch.utils.data import Dataset
 
 from core.imaging.synthesis import DEFAULT_PIXEL_MM, feasible_kinds, find_anatomy, synthesize
+from core.training.checkpointing import derived_seed
 from core.training.dataset import SliceTable
 
 #: The pixel size the synthesis assumes for a slice of ``size`` px: a 512-px slice of
 #: DEFAULT_PIXEL_MM resized (the tables hold slices at the model's size, not their own).
 FULL_MATRIX = 512
-
-
-def _seed(seed: int, epoch: int, row: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{epoch}/{row}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
 
 
 class SyntheticBleedSlices(Dataset):
@@ -66,7 +61,7 @@ class SyntheticBleedSlices(Dataset):
         mask = np.zeros(hu.shape, dtype=np.float32)
         bleeding = bool(labels.max() > 0)
         if not bleeding and self.share > 0:
-            rng = np.random.default_rng(_seed(self.seed, self.epoch, i))
+            rng = np.random.default_rng(derived_seed(f"{self.seed}/{self.epoch}/{i}"))
             if rng.random() < self.share and self._usable.get(i, True):
                 anatomy = find_anatomy(hu, pixel_mm=self.pixel_mm)
                 self._usable[i] = bool(feasible_kinds(anatomy))

@@ -225,20 +225,24 @@ def test_unsigned_pixel_padding_range_becomes_air(real_slices) -> None:
     assert hu[200:300, 200:300].max() > 0, "the head must not be taken for padding"
 
 
+def _slice_with_a_region_at_minus_1000(real_slices) -> tuple[pydicom.Dataset, np.ndarray]:
+    """A real signed slice storing HU directly (intercept 0), its top-left 40×40 at -1000, so
+    that a padding value of -1000 would read as -1000 HU, not as the -1024 padding becomes."""
+    ds = read_ds(real_slices[SIGNED_16][2][1])
+    stored = (ds.pixel_array.astype(np.int32) - 1024).astype(np.int16)
+    stored[:40, :40] = -1000
+    ds.PixelData = stored.tobytes()
+    ds.RescaleIntercept = 0
+    return ds, stored
+
+
 @pytest.mark.parametrize(
     ("vr", "value"),
     [("SS", -1000), ("US", 64536)],  # -1000 as SS, and as the same 16 bits written as US
     ids=["as-SS", "two's-complement-as-US"],
 )
 def test_signed_pixel_padding_value_becomes_air(real_slices, vr, value) -> None:
-    ds = read_ds(real_slices[SIGNED_16][2][1])
-    # Store HU directly (intercept 0) so that a padding value of -1000 would read as -1000 HU,
-    # not as the -1024 that padding must become.
-    hu0 = ds.pixel_array.astype(np.int32) - 1024
-    stored = hu0.astype(np.int16)
-    stored[:40, :40] = -1000
-    ds.PixelData = stored.tobytes()
-    ds.RescaleIntercept = 0
+    ds, stored = _slice_with_a_region_at_minus_1000(real_slices)
     unpadded = to_hu(read_ds(write_ds(ds)))
     assert (unpadded[:40, :40] == -1000).all()
     ds.add_new(0x00280120, vr, value)  # PixelPaddingValue
@@ -254,12 +258,7 @@ def test_signed_pixel_padding_value_becomes_air(real_slices, vr, value) -> None:
 
 def test_signed_padding_in_an_implicit_vr_file(real_slices) -> None:
     """Implicit VR carries no VR: the value's sign must come from PixelRepresentation."""
-    ds = read_ds(real_slices[SIGNED_16][2][1])
-    hu0 = ds.pixel_array.astype(np.int32) - 1024
-    stored = hu0.astype(np.int16)
-    stored[:40, :40] = -1000
-    ds.PixelData = stored.tobytes()
-    ds.RescaleIntercept = 0
+    ds, _ = _slice_with_a_region_at_minus_1000(real_slices)
     ds.add_new(0x00280120, "SS", -1000)
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     data = write_ds(ds)
