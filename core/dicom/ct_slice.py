@@ -59,6 +59,7 @@ class RawSlice:
 
     name: str
     sop_instance_uid: str
+    sop_class_uid: str
     study_instance_uid: str
     series_instance_uid: str
     modality: str
@@ -128,6 +129,7 @@ HEADER_KEYWORDS = (
     "ManufacturerModelName",
     "InstitutionName",
     "BodyPartExamined",
+    "FrameOfReferenceUID",
     "SpacingBetweenSlices",
 )
 
@@ -267,6 +269,7 @@ def _to_raw_slice(name: str, ds: pydicom.Dataset) -> RawSlice:
     return RawSlice(
         name=name,
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
         study_instance_uid=_text(ds, "StudyInstanceUID"),
         series_instance_uid=_text(ds, "SeriesInstanceUID"),
         modality=modality or "unknown",

@@ -46,6 +46,7 @@ class SliceInfo:
 
     index: int
     sop_instance_uid: str
+    sop_class_uid: str  # CT Image Storage, or Enhanced CT…: what a DICOM SEG or SR references
     instance_number: int | None
     position: tuple[float, float, float] | None  # ImagePositionPatient (mm)
     z: float  # position projected on the slice normal (mm); the index when positions are missing
@@ -71,6 +72,8 @@ class Series:
     manufacturer: str
     transfer_syntaxes: tuple[str, ...]
     is_localizer: bool
+    # The patient coordinate system the slices share: a DICOM SEG drawn on them must name it.
+    frame_of_reference_uid: str = ""
     warnings: tuple[str, ...] = ()
 
     @property
@@ -355,6 +358,7 @@ def _build_series(uid: str, raws: list[RawSlice]) -> Series:
         SliceInfo(
             index=i,
             sop_instance_uid=r.sop_instance_uid,
+            sop_class_uid=r.sop_class_uid,
             instance_number=r.instance_number,
             position=r.position,
             z=float(zi),
@@ -383,6 +387,7 @@ def _build_series(uid: str, raws: list[RawSlice]) -> Series:
         manufacturer=first.header["Manufacturer"],
         transfer_syntaxes=tuple(sorted({r.transfer_syntax for r in ordered if r.transfer_syntax})),
         is_localizer=any("LOCALIZER" in r.image_type for r in ordered),
+        frame_of_reference_uid=first.header["FrameOfReferenceUID"],
         warnings=tuple(warnings),
     )
 

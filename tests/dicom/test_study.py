@@ -115,3 +115,14 @@ def test_bytes_and_zip_path_give_the_same_study(small_zip) -> None:
     b = load_studies(small_zip.read_bytes())[0].default_series
     assert a.pixel_hash == b.pixel_hash
     assert [s.sop_instance_uid for s in a.slices] == [s.sop_instance_uid for s in b.slices]
+
+
+def test_real_series_keeps_what_a_seg_or_sr_must_reference():
+    """A DICOM SEG or SR written for a real study names the source images' SOP class and the
+    series' frame of reference; the loader must keep both."""
+    from data_paths import UNLABELLED_ZIP, require
+
+    study = load_studies(require(UNLABELLED_ZIP))[0]
+    series = study.default_series
+    assert series.frame_of_reference_uid.count(".") >= 3
+    assert {s.sop_class_uid for s in series.slices} == {"1.2.840.10008.5.1.4.1.1.2"}
