@@ -269,7 +269,8 @@ def _to_raw_slice(name: str, ds: pydicom.Dataset) -> RawSlice:
     return RawSlice(
         name=name,
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        sop_class_uid=_text(ds, "SOPClassUID"),
+        # De-identified exports (RSNA among them) keep the class only in the file meta.
+        sop_class_uid=_text(ds, "SOPClassUID") or str(getattr(meta, "MediaStorageSOPClassUID", "")),
         study_instance_uid=_text(ds, "StudyInstanceUID"),
         series_instance_uid=_text(ds, "SeriesInstanceUID"),
         modality=modality or "unknown",

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_helpers import edit, zip_bytes
 
 from core.dicom.study import Series, Study, load_studies
 
@@ -119,10 +120,19 @@ def test_bytes_and_zip_path_give_the_same_study(small_zip) -> None:
 
 def test_real_series_keeps_what_a_seg_or_sr_must_reference():
     """A DICOM SEG or SR written for a real study names the source images' SOP class and the
-    series' frame of reference; the loader must keep both."""
+    series' frame of reference; the loader must keep both. RSNA's de-identified files keep the
+    class only in the file meta and have no frame of reference (the writers must make one)."""
     from data_paths import UNLABELLED_ZIP, require
 
     study = load_studies(require(UNLABELLED_ZIP))[0]
     series = study.default_series
-    assert series.frame_of_reference_uid.count(".") >= 3
     assert {s.sop_class_uid for s in series.slices} == {"1.2.840.10008.5.1.4.1.1.2"}
+    assert series.frame_of_reference_uid == ""
+
+    def with_frame(ds: pydicom.Dataset) -> None:
+        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.77"
+
+    with zipfile.ZipFile(UNLABELLED_ZIP) as zf:
+        files = [(n, edit(zf.read(n), with_frame)) for n in zf.namelist()[:3]]
+    series = load_studies(zip_bytes(files))[0].default_series
+    assert series.frame_of_reference_uid == "1.2.826.0.1.3680043.8.498.77"
