@@ -11,12 +11,12 @@ text says plainly that it comes from a research tool.
 from __future__ import annotations
 
 import io
-import uuid
 
 import highdicom as hd
 import numpy as np
 import pydicom
 
+from core.dicom.uids import valid_uid
 from core.imaging.volume import draw_outline
 from core.imaging.windowing import BRAIN, apply_window
 from core.labels import LABELS
@@ -57,14 +57,6 @@ def key_image(data: ReportInput) -> np.ndarray:
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
-def _valid_uid(uid: str) -> str:
-    """The source study's UID when it is a valid DICOM UID; otherwise a stable one derived from
-    it (the anonymised RSNA data uses 'ID_…' names, which no PACS would accept)."""
-    if pydicom.uid.UID(uid).is_valid:
-        return uid
-    return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_OID, uid).int)
-
-
 def secondary_capture(data: ReportInput) -> pydicom.Dataset:
     """The Secondary Capture dataset (validated by highdicom's constructor)."""
     study = data.study
@@ -75,7 +67,7 @@ def secondary_capture(data: ReportInput) -> pydicom.Dataset:
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        study_instance_uid=_valid_uid(study.study_instance_uid),
+        study_instance_uid=valid_uid(study.study_instance_uid),
         series_instance_uid=hd.UID(),
         series_number=SERIES_NUMBER,
         sop_instance_uid=hd.UID(),
