@@ -82,6 +82,9 @@ def secondary_capture(data: ReportInput) -> pydicom.Dataset:
     )
     sc.SeriesDescription = SERIES_DESCRIPTION
     sc.ImageComments = _findings_text(data)
+    # A head is not a paired organ: naming it settles General Series' Type 2C Laterality,
+    # which dciodvfy otherwise reports missing.
+    sc.BodyPartExamined = "HEAD"
     sc.BurnedInAnnotation = "NO"  # colours only, no text in the pixels
     sc.DerivationDescription = (
         f"Slice {data.key_slice + 1} of series {series.series_instance_uid}, brain window, "

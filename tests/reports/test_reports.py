@@ -109,3 +109,9 @@ def test_invalid_source_uid_gets_a_stable_valid_one(content) -> None:
     a, b = secondary_capture(content), secondary_capture(content)
     assert a.StudyInstanceUID == b.StudyInstanceUID  # same study → same derived UID
     assert a.SOPInstanceUID != b.SOPInstanceUID
+
+
+def test_secondary_capture_passes_dciodvfy(content, tmp_path: Path) -> None:
+    from dicom_validation import dciodvfy_errors
+
+    assert dciodvfy_errors(secondary_capture_bytes(content), tmp_path) == []
