@@ -36,10 +36,12 @@ with st.sidebar:
 
 worklist.render(sess, store, names, predictor.study_threshold if predictor is not None else None)
 study = sess.studies.get(sess.open_uid) if sess.open_uid else None
+scoring_slot = None  # where the open study's probabilities will appear
 if study is not None:
     prediction = sess.predictions.get(study.study_instance_uid)
     patient = names.study_label(study, sess.show_identity)
-    viewer.render(study, prediction, predictor, model_message, patient)
+    pending = study.study_instance_uid in sess.pending
+    scoring_slot = viewer.render(study, prediction, predictor, model_message, patient, pending)
     patient_view.render(sess, predictor, study, patient)
     review.render(sess, store, names, study, prediction)
     reports.render(sess, store, study, prediction, predictor, patient)
@@ -47,14 +49,18 @@ elif sess.open_uid:
     review.render_saved(store, sess.open_uid)
 
 if predictor is not None and sess.pending:
-    bar = st.progress(0.0, text="Running the model…")
-    for uid in list(sess.pending):
+    # The open study first, its progress where its probabilities will appear; the others
+    # (several zips in one upload) below, each in turn.
+    order = sorted(sess.pending, key=lambda u: u != sess.open_uid)
+    for uid in order:
         study = sess.studies[uid]
+        slot = scoring_slot if uid == sess.open_uid and scoring_slot is not None else st.empty()
+        bar = slot.progress(0.0, text=f"Scoring… 0/{study.default_series.n_slices} slices")
 
-        def progress(done: int, total: int) -> None:
-            bar.progress(done / max(total, 1), text=f"Running the model: slice {done}/{total}")
+        def progress(done: int, total: int, bar=bar) -> None:  # this study's bar, bound now
+            bar.progress(done / max(total, 1), text=f"Scoring… {done}/{total} slices")
 
         sess.predictions[uid] = predictor.predict(study, progress=progress)
         sess.pending.remove(uid)
-    bar.empty()
+        slot.empty()
     st.rerun()

@@ -21,6 +21,28 @@ from dashboard.state import Session
 from dashboard.text import plain
 
 _CHOICES = ("—", "agree", "disagree")
+#: The reviewer's name is kept in the page's address (``?reviewer=``), so that a reload or a
+#: bookmark keeps it; it is a member of staff's name, never a patient's.
+REVIEWER_PARAM = "reviewer"
+
+
+def _answers(review: Review) -> str:
+    """The per-label answers of a saved review, in label order ("" when none was given)."""
+    given = [
+        f"{label} {review.label_agreement[label]}"
+        for label in LABELS
+        if (review.label_agreement or {}).get(label)
+    ]
+    return " · ".join(given)
+
+
+def _line(r: Review) -> str:
+    answers = _answers(r)
+    return (
+        f"- {r.created_at:%Y-%m-%d %H:%M} · {plain(r.reviewer)} · **{r.overall}**"
+        + (f" · {answers}" if answers else "")
+        + (f" — {plain(r.notes)}" if r.notes else "")
+    )
 
 
 def _record(study: Study, prediction: StudyPrediction | None) -> StudyRecord:
@@ -47,12 +69,16 @@ def render(
     uid = study.study_instance_uid
     history = store.history(uid)
     st.subheader("Review")
+    if uid in sess.notices:
+        st.success(sess.notices.pop(uid))
     if history:
         last = history[-1]
+        answers = _answers(last)
         st.success(
             f"Latest review: **{last.overall}** by {plain(last.reviewer)} on "
             f"{last.created_at:%Y-%m-%d %H:%M} UTC"
             + (f" — {plain(last.notes)}" if last.notes else "")
+            + (f"  \nPer label: {answers}" if answers else "")
         )
     with st.form(key=f"review-{uid}"):
         cols = st.columns(3)
@@ -69,7 +95,8 @@ def render(
             "Overall call", OVERALL_CHOICES, index=None, horizontal=True, key=f"overall-{uid}"
         )
         notes = st.text_area("Notes", key=f"notes-{uid}")
-        reviewer = st.text_input("Reviewer", value=sess.reviewer, key=f"reviewer-{uid}")
+        remembered = sess.reviewer or st.query_params.get(REVIEWER_PARAM, "")
+        reviewer = st.text_input("Reviewer", value=remembered, key=f"reviewer-{uid}")
         submitted = st.form_submit_button("Save review", type="primary")
     if submitted and overall is None:
         st.error("Not saved: choose an overall call (hemorrhage, no hemorrhage or uncertain).")
@@ -94,15 +121,13 @@ def render(
             st.error(str(exc))
         else:
             sess.reviewer = reviewer
-            st.success(f"Review saved ({saved.created_at:%Y-%m-%d %H:%M:%S} UTC).")
-            history = store.history(uid)
+            st.query_params[REVIEWER_PARAM] = reviewer
+            sess.notices[uid] = f"Review saved ({saved.created_at:%Y-%m-%d %H:%M:%S} UTC)."
+            st.rerun()  # the worklist, drawn above, shows the new review at once
     if len(history) > 1:
         with st.expander(f"History ({len(history)} reviews)"):
             for r in reversed(history):
-                st.markdown(
-                    f"- {r.created_at:%Y-%m-%d %H:%M} · {plain(r.reviewer)} · "
-                    f"**{r.overall}** {plain(r.notes)}"
-                )
+                st.markdown(_line(r))
     report = study_report(study, prediction, history, names, show_identity=sess.show_identity)
     st.download_button(
         "Download report (JSON)",
@@ -117,7 +142,4 @@ def render_saved(store: ReviewStore, uid: str) -> None:
     """A study saved in an earlier session: its reviews, and how to see its images again."""
     st.info("This study was saved in an earlier session. Upload its zip again to see the images.")
     for r in reversed(store.history(uid)):
-        st.markdown(
-            f"- {r.created_at:%Y-%m-%d %H:%M} · {plain(r.reviewer)} · "
-            f"**{r.overall}** {plain(r.notes)}"
-        )
+        st.markdown(_line(r))

@@ -11,6 +11,7 @@ import numpy as np
 import plotly.colors as px
 import plotly.graph_objects as go
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from core.dicom.study import Study
 from core.imaging.volume import draw_outline
@@ -148,21 +149,43 @@ def _strip(prediction: StudyPrediction, index: int) -> go.Figure:
 
 
 @st.fragment
+def _open_at_peak(slice_key: str, peak: int, scored: bool) -> None:
+    """Open a study at its most suspicious slice. A study shown before it is scored opens in
+    the middle; when its probabilities arrive it moves to the peak, unless the reader has
+    scrolled meanwhile (their slice is never taken from them)."""
+    waiting_key = f"{slice_key}-waiting-at"
+    if slice_key not in st.session_state:
+        st.session_state[slice_key] = peak
+        if not scored:
+            st.session_state[waiting_key] = peak
+    elif (
+        scored
+        and waiting_key in st.session_state
+        and st.session_state[slice_key] == st.session_state.pop(waiting_key)
+    ):
+        st.session_state[slice_key] = peak
+
+
 def render(
     study: Study,
     prediction: StudyPrediction | None,
     predictor: Predictor | None,
     model_note: str,
     patient: str,
-) -> None:
+    pending: bool = False,
+) -> DeltaGenerator | None:
+    """Draw the viewer. ``pending``: the study waits for the model, which runs after the page
+    is drawn; the returned slot, where the probabilities will appear, is where the caller
+    shows the scoring's progress (None when nothing is pending)."""
     series = study.default_series
     uid = study.study_instance_uid
     n = series.n_slices
     slice_key = f"slice-{uid}"
     peak = int(prediction.peak_slice["any"]) + 1 if prediction is not None else (n + 1) // 2
-    st.session_state.setdefault(slice_key, peak)
+    _open_at_peak(slice_key, peak, prediction is not None)
     if prediction is not None:
         _apply_strip_selection(uid, slice_key, n)
+    slot: DeltaGenerator | None = None
 
     date = study.study_date.isoformat() if study.study_date else "no date"
     what = plain(series.description) if series.description else "axial CT"
@@ -251,6 +274,9 @@ def render(
                     predictor, prediction.weights_identity, series, series.pixel_hash, index, label
                 )
             st.plotly_chart(_bar_chart(prediction, index), key=f"bars-{uid}", theme=None)
+        elif pending and predictor is not None:
+            slot = st.empty()
+            slot.info(f"Scoring… 0/{n} slices")
         else:
             st.info(f"No probabilities for this study. {model_note}".strip())
 
@@ -289,3 +315,4 @@ def render(
             on_select="rerun",
             selection_mode="points",
         )
+    return slot

@@ -302,3 +302,46 @@ def test_the_shipped_model_is_the_default(
     cut = threshold["study_any"]  # None: the model has no usable operating point
     flagged = cut is not None and table["P(any)"][0] >= cut
     assert table["Flag"][0] == ("above operating point" if flagged else "")
+
+
+def test_saved_review_is_on_the_worklist_at_once_with_its_answers(
+    small_zip: Path, app_env: Path
+) -> None:
+    """Saving puts the review on the worklist in the same click (no extra step), the per-label
+    answers are shown back, and the reviewer's name survives a reload (kept in the address)."""
+    at = _upload(_start(), small_zip)
+    uid = load_studies(small_zip)[0].study_instance_uid
+    assert at.main.get("dataframe")[0].value["Review"][0] == "not reviewed"
+    at.radio(key=f"agree-{uid}-subdural").set_value("disagree")
+    at.radio(key=f"agree-{uid}-any").set_value("agree")
+    at.radio(key=f"overall-{uid}").set_value("hemorrhage")
+    at.text_input(key=f"reviewer-{uid}").input("Dr Rowe")
+    next(b for b in at.button if b.label == "Save review").click().run()
+    assert not at.exception
+    assert at.main.get("dataframe")[0].value["Review"][0].startswith("hemorrhage · Dr Rowe")
+    assert any("Review saved" in s.value for s in at.success)
+    latest = next(s.value for s in at.success if s.value.startswith("Latest review"))
+    assert "Per label: any agree · subdural disagree" in latest
+    assert at.query_params["reviewer"] == "Dr Rowe"
+
+    reloaded = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    reloaded.query_params["reviewer"] = "Dr Rowe"  # what the browser's address keeps
+    reloaded = _upload(reloaded.run(), small_zip)
+    assert reloaded.text_input(key=f"reviewer-{uid}").value == "Dr Rowe"
+
+
+def test_a_study_opens_at_its_most_suspicious_slice_once_scored(
+    small_zip: Path, app_env: Path, tiny_weights: Path
+) -> None:
+    """The page is drawn (middle slice) before the model runs; when the probabilities arrive
+    the viewer moves to the peak slice, unless the reader scrolled meanwhile."""
+    from core.inference.predictor import Predictor, ResultCache
+
+    study = load_studies(small_zip)[0]
+    uid = study.study_instance_uid
+    predictor = Predictor(load_checkpoint(tiny_weights), "cpu", cache=ResultCache())
+    peak = int(predictor.predict(study).peak_slice["any"]) + 1
+    middle = (study.default_series.n_slices + 1) // 2
+    assert peak != middle  # else this test could not tell the two apart
+    at = _upload(_start(), small_zip)
+    assert at.slider(key=f"slice-{uid}").value == peak
