@@ -616,7 +616,8 @@ def _render(
 @dataclass(frozen=True)
 class PhantomBleed:
     """A whole series with one ellipsoidal hematoma of known volume painted in: ``hu`` (T, H, W)
-    float32, ``mask`` bool (T, H, W), ``volume_ml`` the ellipsoid's analytic volume."""
+    float32, ``mask`` bool (T, H, W), ``volume_ml`` the ellipsoid's analytic volume times the
+    share of its pixels that lie inside the skull (all of them unless it is large)."""
 
     hu: np.ndarray
     mask: np.ndarray
@@ -664,6 +665,7 @@ def ellipsoid_bleed(
     dy, dx = (yy - cy) * pixel_mm[0], (xx - cx) * pixel_mm[1]
     out = x.copy()
     mask = np.zeros(x.shape, dtype=bool)
+    whole = 0  # the ellipsoid's pixels before it is kept inside the skull
     for i in range(len(x)):
         rest = 1.0 - ((float(z[i]) - cz) / az) ** 2
         if rest <= 0:
@@ -672,7 +674,13 @@ def ellipsoid_bleed(
         if not shape.any():
             continue
         anatomy = find_anatomy(x[i], pixel_mm=px)
+        whole += int(shape.sum())
+        # A hematoma lies inside the skull: the part of a large ellipsoid that would reach the
+        # inner table is left out, and so is its partial-volume rim (blending bone into blood
+        # would open the skull's ring, which no real bleed does).
+        shape &= ndimage.binary_erosion(anatomy.cavity, iterations=PV_RIM_PX + 1)
         mask[i] = shape
         out[i] = _render(x[i], shape, blood_hu, "intraparenchymal", None, anatomy, rng)
-    volume = 4.0 / 3.0 * np.pi * ay * ax * az / 1000.0
+    inside = float(mask.sum()) / whole if whole else 0.0
+    volume = 4.0 / 3.0 * np.pi * ay * ax * az / 1000.0 * inside
     return PhantomBleed(hu=out, mask=mask, volume_ml=float(volume))

@@ -58,10 +58,24 @@ VOLUME_NOTICE = "Each volume is measured on its study's outline: check the outli
 #: Default share of the bleed map's probability from which a pixel is blood (the card's
 #: calibration may give its own, chosen on validation slices).
 MAP_THRESHOLD = 0.5
+#: The map's outline is refined by density: the map is coarse (one value per 4 × 4 model
+#: pixels, ~6 mm on a head), so it overshoots small bleeds and, blurred at the edge, cuts large
+#: ones short. Where the map is at least MAP_ZONE, blood-density pixels (≥ REFINE_MIN_HU and
+#: ≥ REFINE_ABOVE_BRAIN_HU above the slice's median brain, ≤ REFINE_MAX_HU) that connect to the
+#: map's own outline make the mask. Chosen on phantoms of known volume (5, 20 and 60 mL in three
+#: normal studies: all within 4 %, against +126 % to +157 % for 5 mL from the map alone) and on
+#: normal studies (no region grows from nothing: a seed from the map is needed); the
+#: hand-drawn masks only report.
+MAP_ZONE = 0.1
+REFINE_MIN_HU = 45.0
+REFINE_ABOVE_BRAIN_HU = 10.0
+REFINE_MAX_HU = 100.0
 MAP_METHOD = (
     "the model's bleed map (segmentation head) ≥ {threshold:.2f}, resized to the slice, inside "
-    f"the skull (>{BONE_MARGIN_MM:.0f} mm from bone), regions ≥ {MIN_REGION_MM2:.0f} mm²; "
-    "Σ area × each slice's own extent along the patient axis"
+    f"the skull (>{BONE_MARGIN_MM:.0f} mm from bone), refined by density: pixels of "
+    f"{REFINE_MIN_HU:.0f}–{REFINE_MAX_HU:.0f} HU (and ≥ {REFINE_ABOVE_BRAIN_HU:.0f} HU above the "
+    f"slice's median brain) where the map is ≥ {MAP_ZONE:.2f}, connected to that outline; "
+    f"regions ≥ {MIN_REGION_MM2:.0f} mm²; Σ area × each slice's own extent along the patient axis"
 )
 MAP_NOTICE = (
     "Outline and volume from the model's bleed map, trained on synthetic bleeds; its agreement "
@@ -240,8 +254,9 @@ def mask_from_bleed_map(
     """The blood mask (T, H, W) of a series from its bleed map: the map's probabilities
     (T, h, w), on a grid covering the whole slice, are resized to the slice's grid (bilinear, as
     the slice was resized for the model), kept where ≥ ``threshold`` inside the skull, and
-    regions under MIN_REGION_MM2 are dropped. ``within_skull=False`` leaves out the skull test,
-    which needs bone in HU (a 0–80 HU brain-window image has none)."""
+    refined by density (``refine_by_density``), and regions under MIN_REGION_MM2 are dropped.
+    ``within_skull=False`` leaves out the skull test, which needs bone in HU (a 0–80 HU
+    brain-window image has none)."""
     hu = _stack(hu)
     bleed_map = np.asarray(bleed_map, dtype=np.float32)
     if bleed_map.ndim != 3 or bleed_map.shape[0] != hu.shape[0]:
@@ -256,15 +271,52 @@ def mask_from_bleed_map(
             grid_mode=True,
             mode="nearest",
         )
-        blood = prob >= threshold
-        if within_skull:
-            blood &= intracranial_mask(hu[i], float(min(px)))
+        inside = (
+            intracranial_mask(hu[i], float(min(px)))
+            if within_skull
+            else np.ones(prob.shape, dtype=bool)
+        )
+        seed = (prob >= threshold) & inside
+        zone = (prob >= MAP_ZONE) & inside
+        blood = refine_by_density(hu[i], seed, zone, inside, full_hu=within_skull)
         labels, n = ndimage.label(blood)
         if n:
             areas = ndimage.sum_labels(blood, labels, index=np.arange(1, n + 1)) * px[0] * px[1]
             blood = np.isin(labels, np.flatnonzero(areas >= MIN_REGION_MM2) + 1)
         mask[i] = blood
     return mask
+
+
+def refine_by_density(
+    hu: np.ndarray, seed: np.ndarray, zone: np.ndarray, inside: np.ndarray, full_hu: bool = True
+) -> np.ndarray:
+    """The blood of one slice: blood-density pixels inside ``zone`` (where the map is at least
+    MAP_ZONE) in regions that touch ``seed`` (the map's outline at its threshold); blood density
+    is judged against the median brain ``inside`` the skull. A seed pixel
+    of brain density is dropped (the map overshoots small bleeds); a dense pixel next to the
+    seed is added (it cuts large ones short). ``full_hu=False``: a 0–80 HU brain-window image,
+    whose brain median is read inside 0–80 and whose ceiling is its saturation (80 HU). Below,
+    a dense block under a taller seed: the block is kept (less its 4 corner pixels, which go
+    with the opening that drops one-pixel lines), the seed's brain pixels are not.
+
+    >>> hu = np.full((12, 12), 35.0); hu[3:8, 2:10] = 65.0
+    >>> seed = np.zeros((12, 12), bool); seed[1:10, 4:7] = True
+    >>> everywhere = np.ones((12, 12), bool)
+    >>> blood = refine_by_density(hu, seed, everywhere, everywhere)
+    >>> int(blood.sum()), int(blood[3:8, 2:10].sum())
+    (36, 36)
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    tissue = hu[inside & (hu > 0) & (hu < 80)] if full_hu else hu[(hu > 0.5) & (hu < 79.5)]
+    brain = float(np.median(tissue)) if tissue.size else 35.0
+    low = max(REFINE_MIN_HU, brain + REFINE_ABOVE_BRAIN_HU)
+    high = REFINE_MAX_HU if full_hu else 80.01
+    dense = ndimage.binary_opening(zone & (hu >= low) & (hu <= high))
+    labels, n = ndimage.label(dense)
+    if n == 0:
+        return dense
+    touched = np.unique(labels[seed & dense])
+    return np.isin(labels, touched[touched > 0])
 
 
 def measure(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from core.dicom.study import load_studies
 from core.imaging.volume import (
@@ -190,3 +191,39 @@ def test_mask_from_the_bleed_map_keeps_blood_inside_the_skull() -> None:
     assert mask_from_bleed_map(hu, grid, (0.5, 0.5), threshold=0.95).sum() == 0
     with pytest.raises(ValueError, match="bleed map"):
         mask_from_bleed_map(hu, grid[:2], (0.5, 0.5))
+
+
+@pytest.mark.parametrize("ml", [2.0, 20.0])
+def test_a_coarse_map_is_refined_to_the_blood_it_covers(ml: float) -> None:
+    """The map is one value per ~2 mm cell here (per 6 mm on a head): a block of map over a
+    sphere of blood gives the sphere's volume, not the block's; a map over brain alone gives
+    nothing (a seed of blood density is needed)."""
+    z = np.arange(-30.0, 31.0, 2.5)
+    hu = sphere_phantom(ml, z)
+    size = hu.shape[1]
+    inside = hu == 70
+    cells = inside.reshape(len(z), size // 4, 4, size // 4, 4).any(axis=(2, 4))
+    grid = ndimage.binary_dilation(cells, iterations=2, structure=np.ones((1, 3, 3), bool))
+    mask = mask_from_bleed_map(hu, grid.astype(np.float32) * 0.9, (0.5, 0.5), threshold=0.5)
+    assert measure(mask, z, (0.5, 0.5)).volume_ml == pytest.approx(ml, rel=0.15)
+    coarse = measure(np.repeat(np.repeat(grid, 4, 1), 4, 2), z, (0.5, 0.5)).volume_ml
+    assert coarse > 1.5 * ml  # what the map alone would have said
+    brain_only = np.where(hu == 70, 35, hu).astype(np.int16)
+    assert not mask_from_bleed_map(brain_only, grid * 0.9, (0.5, 0.5), threshold=0.5).any()
+
+
+@pytest.mark.slow
+def test_shipped_model_measures_phantom_hematomas_within_15_percent(study_zips) -> None:
+    """Issue 14's phantom: hematomas of 5, 20 and 60 mL painted into a real normal study, scored
+    and outlined by the shipped model through the app's engine."""
+    from core.inference.predictor import Predictor, ResultCache
+    from core.model.checkpoint import find_default_checkpoint, load_checkpoint
+    from core.training.bleed_map_check import phantom_report
+
+    predictor = Predictor(load_checkpoint(find_default_checkpoint()), "cpu", cache=ResultCache())
+    assert predictor.has_bleed_map
+    normal = next(p for p in study_zips if p.stem == "ID_134d398b61")
+    rows = phantom_report(predictor, load_studies(normal)[0])
+    assert [r["true_ml"] for r in rows] == pytest.approx([5.0, 20.0, 60.0], rel=0.01)
+    for r in rows:
+        assert abs(r["error"]) <= 0.15, rows
