@@ -14,12 +14,15 @@ import streamlit as st
 
 from core.dicom.study import Series
 from core.errors import ICHError
-from core.imaging.volume import BleedEstimate
+from core.imaging.png import png_bytes
+from core.imaging.volume import BleedEstimate, outline_layer
+from core.imaging.windowing import apply_window
 from core.inference.predictor import Predictor
 from core.model.checkpoint import DEFAULT_WEIGHTS_DIR
 from core.model.gradcam import Heatmap
 from core.review.pseudonym import Pseudonymizer, for_installation
 from core.review.store import DB_NAME, ReviewStore, data_dir
+from dashboard.components.slice_viewer import data_url
 
 
 def weights_dir() -> Path:
@@ -84,3 +87,24 @@ def bleed_estimate(
         threshold=threshold,
         map_threshold=map_threshold,
     )
+
+
+@st.cache_resource(max_entries=8, show_spinner="Preparing the slices…")
+def slice_urls(_series: Series, pixel_hash: str, level: int, width: int) -> tuple[str, ...]:
+    """Every slice of a series windowed at (level, width), as PNG data URLs for the viewer:
+    encoded once per (pixels, window), so a rerun that keeps the window costs nothing."""
+    grey = apply_window(_series.hu, level, width)
+    return tuple(data_url(png_bytes(g)) for g in grey)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def outline_urls(
+    _bleed: BleedEstimate,
+    weights: str,
+    pixel_hash: str,
+    threshold: float | None,
+    map_threshold: float | None,
+) -> tuple[str | None, ...]:
+    """The bleed outline of every slice as a transparent PNG data URL (None where a slice has
+    none), keyed like :func:`bleed_estimate`."""
+    return tuple(data_url(png_bytes(outline_layer(m))) if m.any() else None for m in _bleed.mask)

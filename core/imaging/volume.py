@@ -364,3 +364,17 @@ def draw_outline(image: np.ndarray, mask: np.ndarray, thickness: int = 2) -> np.
     rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image.copy()
     rgb[outline(mask, thickness)] = OUTLINE_RGB
     return rgb
+
+
+def outline_layer(mask: np.ndarray, thickness: int = 2) -> np.ndarray:
+    """The same outline as :func:`draw_outline` on a transparent uint8 RGBA (H, W, 4) layer,
+    for a viewer that lays it over the slice and hides it without asking for a new image.
+
+    >>> m = np.zeros((5, 5), bool); m[1:4, 1:4] = True
+    >>> layer = outline_layer(m, 1)
+    >>> int((layer[..., 3] == 255).sum()), tuple(layer[1, 1, :3].tolist()), int(layer[2, 2, 3])
+    (8, (0, 230, 255), 0)
+    """
+    rgba = np.zeros((*mask.shape, 4), np.uint8)
+    rgba[outline(np.asarray(mask, bool), thickness)] = (*OUTLINE_RGB, 255)
+    return rgba

@@ -173,10 +173,23 @@ def render_overlay(
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
+def heatmap_layer(heatmap: Heatmap, opacity: float = 0.4, colormap: str = "jet") -> np.ndarray:
+    """The heatmap as a uint8 RGBA (rows, cols, 4) layer: laid over the windowed slice (alpha
+    compositing, as a browser does) it gives what :func:`render_overlay` draws, in any window,
+    so a viewer can show and hide it and change the window without a new overlay."""
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be within 0..1, got {opacity}")
+    cam = np.clip(heatmap.cam, 0.0, 1.0)
+    mask = np.rint(cam * 255).astype(np.uint8)
+    colour = cv2.cvtColor(cv2.applyColorMap(mask, _colormap(colormap)), cv2.COLOR_BGR2RGB)
+    alpha = np.rint(opacity * cam * 255).astype(np.uint8)
+    return np.concatenate([colour, alpha[..., None]], axis=-1)
+
+
 def colorbar_image(width: int = 512, height: int = 14, colormap: str = "jet") -> np.ndarray:
     """The overlay's colour scale, low (left) to high (right), as uint8 RGB (height, width, 3)."""
     ramp = np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))
     return cv2.cvtColor(cv2.applyColorMap(ramp, _colormap(colormap)), cv2.COLOR_BGR2RGB)
 
 
-__all__ = ["GradCamExplainer", "Heatmap", "colorbar_image", "render_overlay"]
+__all__ = ["GradCamExplainer", "Heatmap", "colorbar_image", "heatmap_layer", "render_overlay"]

@@ -1,8 +1,12 @@
 """The slice viewer: the slice large, scroll, windows, Grad-CAM beside the probabilities, and a
 per-slice strip that shows where along the head each label fires.
 
-It runs as a fragment: scrolling or windowing reruns only this view, from the series' cached
-HU array; the zip is never re-read and the model never re-run for a slice or window change.
+The image is the slice_viewer component: wheel, keys, window drag, preset hotkeys and the
+overlays' show/hide run in the browser, and the slice or window the reader settles on comes back
+here to the same session keys as the slider, buttons and preset box (which stay, as the
+keyboard-accessible and scriptable path). The series' slices are windowed and encoded once per
+window (cached); the zip is never re-read and the model never re-run for a slice or window
+change.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from core.dicom.study import Study
-from core.imaging.volume import draw_outline
-from core.imaging.windowing import PRESETS, apply_window
+from core.imaging.orientation import edge_markers
+from core.imaging.png import png_bytes
+from core.imaging.windowing import PRESETS, Window
 from core.inference.predictor import IN_TRAINING_NOTE, Predictor, StudyPrediction
 from core.labels import LABELS
-from core.model.gradcam import colorbar_image, render_overlay
+from core.model.gradcam import colorbar_image, heatmap_layer
 from dashboard import resources
+from dashboard.components.slice_viewer import HeatmapLayer, parse_state, slice_viewer
 from dashboard.text import plain
 
 CAM_NOTE = (
@@ -50,6 +56,45 @@ _FALLBACK_SLIDER = (
     "Default: the model's operating point from its card, else 0.5.",
     "outline-threshold",
 )
+
+
+LEVEL_RANGE = (-1000, 3000)
+WIDTH_RANGE = (1, 4000)
+
+
+def _clamp(value: int, bounds: tuple[int, int]) -> int:
+    return min(max(int(value), bounds[0]), bounds[1])
+
+
+def _window_keys(preset: str) -> tuple[str, str]:
+    """The session keys of the level and width sliders that belong to a preset; they start at
+    the preset's values (set here, not as the sliders' defaults, so the viewer may set them)."""
+    keys = (f"level-{preset}", f"width-{preset}")
+    window = PRESETS[preset]
+    st.session_state.setdefault(keys[0], int(window.level))
+    st.session_state.setdefault(keys[1], int(window.width))
+    return keys
+
+
+def _apply_viewer_report(uid: str, slice_key: str, n: int) -> None:
+    """The viewer's latest report (the reader scrolled, dragged the window or pressed a
+    preset hotkey), applied once to the keys the slider and preset box use."""
+    state = parse_state(st.session_state.get(f"viewer-{uid}"))
+    applied_key = f"viewer-applied-{uid}"
+    if state is None or state.seq == st.session_state.get(applied_key):
+        return
+    st.session_state[applied_key] = state.seq
+    st.session_state[slice_key] = min(max(state.slice, 1), n)
+    if state.event == "preset" and state.preset in PRESETS:
+        st.session_state["preset"] = state.preset
+        level_key, width_key = _window_keys(state.preset)
+        st.session_state[level_key] = int(PRESETS[state.preset].level)
+        st.session_state[width_key] = int(PRESETS[state.preset].width)
+    elif state.event == "window":
+        preset = st.session_state.get("preset")
+        level_key, width_key = _window_keys(preset if preset in PRESETS else next(iter(PRESETS)))
+        st.session_state[level_key] = _clamp(state.level, LEVEL_RANGE)
+        st.session_state[width_key] = _clamp(state.width, WIDTH_RANGE)
 
 
 def _set_slice(key: str, value: int) -> None:
@@ -185,6 +230,7 @@ def render(
     _open_at_peak(slice_key, peak, prediction is not None)
     if prediction is not None:
         _apply_strip_selection(uid, slice_key, n)
+    _apply_viewer_report(uid, slice_key, n)
     slot: DeltaGenerator | None = None
 
     date = study.study_date.isoformat() if study.study_date else "no date"
@@ -230,13 +276,15 @@ def render(
         index = int(st.session_state[slice_key]) - 1
         info = series.slices[index]
         preset = st.selectbox("Window preset", list(PRESETS), key="preset")
-        window = PRESETS[preset]
+        level_key, width_key = _window_keys(preset)
         wl = st.columns(2)
-        level = wl[0].slider("Level (HU)", -1000, 3000, int(window.level), key=f"level-{preset}")
-        width = wl[1].slider("Width (HU)", 1, 4000, int(window.width), key=f"width-{preset}")
+        level = wl[0].slider("Level (HU)", *LEVEL_RANGE, key=level_key)
+        width = wl[1].slider("Width (HU)", *WIDTH_RANGE, key=width_key)
 
         heat = None
         bleed = None
+        opacity = 0.4
+        outline_cut: tuple[float | None, float | None] = (None, None)
         if prediction is not None and predictor is not None:
             with_map = predictor.has_bleed_map
             if with_map:
@@ -257,14 +305,15 @@ def render(
                     key=slider_key,
                     help=slider_help,
                 )
+                outline_cut = (None, cut) if with_map else (cut, None)
                 bleed = resources.bleed_estimate(
                     predictor,
                     prediction.weights_identity,
                     series,
                     prediction,
                     series.pixel_hash,
-                    threshold=None if with_map else cut,
-                    map_threshold=cut if with_map else None,
+                    threshold=outline_cut[0],
+                    map_threshold=outline_cut[1],
                 )
             cam_on = st.toggle("Grad-CAM heatmap", key="cam-on")
             if cam_on:
@@ -282,15 +331,42 @@ def render(
 
     with image_col:
         caption = f"Slice {index + 1} of {n} · z = {info.z:.1f} mm · W {width} L {level}"
+        layer = None
         if heat is not None:
-            image = render_overlay(series.hu[index], heat, level, width, opacity)
             caption += f" · Grad-CAM '{heat.label}', P = {heat.probability:.3f} on this slice"
-        else:
-            image = apply_window(series.hu[index], level, width)
-        if bleed is not None:
-            image = draw_outline(image, bleed.mask[index])
+            layer = HeatmapLayer(
+                slice=index + 1,
+                label=heat.label,
+                probability=float(heat.probability),
+                png=png_bytes(heatmap_layer(heat, opacity)),
+                key=f"{series.pixel_hash}-{opacity}",
+            )
+        outline = None
+        if bleed is not None and prediction is not None:
             caption += f" · outlined {bleed.area_mm2[index]:.0f} mm²"
-        st.image(image, caption=caption, width="stretch", output_format="PNG")
+            outline = resources.outline_urls(
+                bleed, prediction.weights_identity, series.pixel_hash, *outline_cut
+            )
+        rows, cols = series.hu.shape[1:]
+        slice_viewer(
+            images=resources.slice_urls(series, series.pixel_hash, level, width),
+            images_key=f"{series.pixel_hash}-{level}-{width}",
+            rows=int(rows),
+            cols=int(cols),
+            index=index + 1,
+            window=Window(preset, level, width),
+            preset=preset,
+            presets=list(PRESETS.values()),
+            z=[info.z for info in series.slices],
+            markers=edge_markers(series.orientation),
+            pixel_spacing=series.pixel_spacing,
+            applied_seq=st.session_state.get(f"viewer-applied-{uid}"),
+            outline=outline,
+            outline_key=f"{series.pixel_hash}-{outline_cut}" if outline is not None else None,
+            heatmap=layer,
+            key=f"viewer-{uid}",
+        )
+        st.caption(caption)
         if bleed is not None:
             st.markdown(
                 f"**Estimated bleed volume: {bleed.volume_ml:.1f} mL** (voxel count; ABC/2 "

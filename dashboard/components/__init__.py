@@ -1,0 +1,1 @@
+"""Streamlit custom components kept in this repository (hand-written frontends, no build)."""
