@@ -47,6 +47,7 @@ class StreamlitServer:
     weights_dir: Path
     process: subprocess.Popen
     log_path: Path
+    started_at: float = 0.0  # time.monotonic() just before the process was started
 
     def log_tail(self, n_chars: int = 4000) -> str:
         try:
@@ -138,11 +139,12 @@ def _serve(weights: Path, tmp_path: Path) -> Iterator[StreamlitServer]:
         "false",
     ]
     url = f"http://127.0.0.1:{port}"
+    started_at = time.monotonic()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    server = StreamlitServer(url, data_dir, weights, process, log_path)
+    server = StreamlitServer(url, data_dir, weights, process, log_path, started_at)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:

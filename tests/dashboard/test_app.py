@@ -42,13 +42,24 @@ def _upload(at: AppTest, *files: Path | tuple[str, bytes]) -> AppTest:
     return at
 
 
+def _viewer_args(at: AppTest) -> dict:
+    """The arguments the page gave the slice viewer component this run."""
+    viewers = [
+        e
+        for e in at.main.get("component_instance")
+        if e.proto.component_name.endswith("slice_viewer")
+    ]
+    assert len(viewers) == 1, f"expected one slice viewer, found {len(viewers)}"
+    return json.loads(viewers[0].proto.json_args)
+
+
 def _image(at: AppTest) -> tuple[str, str]:
-    """(caption, url) of the slice image in the main area."""
-    for image in at.main.get("image"):
-        for img in image.proto.imgs:
-            if img.caption.startswith("Slice "):
-                return img.caption, img.url
-    raise AssertionError("no slice image on the page")
+    """(caption, data URL) of the slice the viewer shows: the caption under it and the image
+    of the slice it holds."""
+    caption = next((c.value for c in at.main.caption if c.value.startswith("Slice ")), None)
+    assert caption is not None, "no slice caption on the page"
+    args = _viewer_args(at)
+    return caption, args["images"][args["index"] - 1]
 
 
 def _captions(at: AppTest) -> str:

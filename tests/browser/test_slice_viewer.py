@@ -1,0 +1,203 @@
+"""The slice viewer component in real Chromium: the wheel and the arrow keys scroll the stack in
+the browser and the page's probabilities follow; a preset hotkey and a right-drag change the
+window and the page re-windows the slices; the orientation letters, the scale bar and the
+corner text are drawn on the image. Timings are printed (run with -s), never asserted: the
+machine is shared."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Frame, Locator, Page, expect
+
+from core.dicom.study import load_studies
+from core.imaging.orientation import edge_markers
+from core.imaging.windowing import PRESETS, apply_window
+
+FIRST_PREDICTION_TIMEOUT_MS = 120_000  # reading + first model run on 2 busy CPU cores
+STEP_TIMEOUT_MS = 60_000
+WHEEL_SAMPLES = 20
+COMPONENT = "dashboard.components.slice_viewer.slice_viewer"
+
+
+def viewer_frame(page: Page) -> Frame:
+    """The slice viewer's iframe (served by streamlit from dashboard/components/slice_viewer)."""
+    deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            if f"/component/{COMPONENT}/" in frame.url:
+                return frame
+        page.wait_for_timeout(100)
+    raise AssertionError(f"no {COMPONENT} frame on the page: {[f.url for f in page.frames]}")
+
+
+def shown_slice(frame: Frame) -> int:
+    return int(frame.locator("#stage").get_attribute("data-slice") or 0)
+
+
+def current_image(frame: Frame) -> np.ndarray:
+    """The decoded 8-bit slice the viewer draws now (its data URL, decoded here)."""
+    src = frame.evaluate(
+        "() => { const s = window.__sliceViewer; return s.shown.images[s.index - 1].src; }"
+    )
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix), src[:40]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src[len(prefix) :]))))
+
+
+def slice_caption(page: Page) -> Locator:
+    """The caption under the viewer: 'Slice k of N · z = … mm · W … L …'."""
+    return (
+        page.get_by_test_id("stMain")
+        .get_by_test_id("stCaptionContainer")
+        .filter(has_text=re.compile(r"^Slice \d+ of \d+"))
+    )
+
+
+def plotly_chart(page: Page, title: str) -> Locator:
+    exact = re.compile(rf"^\s*{re.escape(title)}\s*$")
+    return (
+        page.get_by_test_id("stMain")
+        .locator(".js-plotly-plot")
+        .filter(has=page.locator(".gtitle", has_text=exact))
+    )
+
+
+def _wait_settled(page: Page, frame: Frame, k: int, n: int) -> None:
+    """The page has caught up with slice k: caption, slider and bar chart name it."""
+    expect(slice_caption(page)).to_contain_text(f"Slice {k} of {n} ")
+    expect(page.get_by_test_id("stMain").get_by_role("slider").first).to_have_value(str(k))
+    expect(plotly_chart(page, "Probabilities")).to_contain_text(f"slice {k}")
+    assert shown_slice(frame) == k
+
+
+@pytest.mark.slow
+def test_wheel_keys_presets_and_markers_in_chromium(
+    streamlit_server, browser_page, small_zip: Path, output_dir: Path
+) -> None:
+    page: Page = browser_page.page
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    expect.set_options(timeout=STEP_TIMEOUT_MS)
+    (study,) = load_studies(small_zip)
+    series = study.default_series
+    n = series.n_slices
+    timings: dict[str, str] = {}
+
+    page.goto(streamlit_server.url, wait_until="domcontentloaded")
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar.get_by_test_id("stFileUploader")).to_be_visible()
+    timings["first page drawn after server start"] = (
+        f"{time.monotonic() - streamlit_server.started_at:.1f} s"
+    )
+
+    t0 = time.monotonic()
+    sidebar.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(
+        str(small_zip)
+    )
+    frame = viewer_frame(page)
+    frame.wait_for_function(
+        "() => document.getElementById('stage').dataset.slice", timeout=FIRST_PREDICTION_TIMEOUT_MS
+    )
+    timings["upload → first slice drawn"] = f"{time.monotonic() - t0:.1f} s"
+    bars = plotly_chart(page, "Probabilities")
+    expect(bars).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    timings["upload → probabilities shown"] = f"{time.monotonic() - t0:.1f} s"
+    page.wait_for_timeout(500)  # the move to the peak slice, once scored
+    k = shown_slice(frame)
+    _wait_settled(page, frame, k, n)
+    assert np.array_equal(current_image(frame), apply_window(series.hu[k - 1], 40, 80))
+
+    # Orientation letters (radiological convention for this axial series), scale bar, corners.
+    markers = edge_markers(series.orientation)
+    assert markers is not None
+    for edge in ("top", "bottom", "left", "right"):
+        expect(frame.locator(f"#mk-{edge}")).to_have_text(getattr(markers, edge))
+    assert (markers.left, markers.right) == ("R", "L") and markers.top.startswith("A")
+    scale = frame.locator("#scale")
+    expect(scale).to_be_visible()
+    mm = float(scale.get_attribute("data-mm") or 0)
+    expect(scale.locator("span")).to_have_text(f"{mm:g} mm")
+    rule = scale.locator(".rule").bounding_box()
+    stage = frame.locator("#stage").bounding_box()
+    assert rule is not None and stage is not None
+    expected_px = mm / series.pixel_spacing[1] * stage["width"] / series.hu.shape[2]
+    assert abs(rule["width"] - expected_px) < 2, (rule["width"], expected_px)
+    expect(frame.locator("#tl")).to_contain_text(f"Slice {k} / {n}")
+    expect(frame.locator("#tl")).to_contain_text(f"z = {series.slices[k - 1].z:.1f} mm")
+    expect(frame.locator("#bl")).to_have_text("W 80 L 40 (brain)")
+    frame.locator("#stage").scroll_into_view_if_needed()
+    page.screenshot(path=str(output_dir / "viewer-markers.png"))
+
+    # The wheel: one slice per notch, drawn in the browser; the page follows once it stops.
+    box = frame.locator("#stage").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    direction = 1 if k <= n // 2 else -1
+    wall_ms = []
+    for _ in range(WHEEL_SAMPLES):
+        before = shown_slice(frame)
+        if not 1 <= before + direction <= n:
+            direction = -direction
+        start = time.perf_counter()
+        page.mouse.wheel(0, 100 * direction)
+        frame.wait_for_function(
+            "(b) => document.getElementById('stage').dataset.slice !== String(b)", arg=before
+        )
+        wall_ms.append((time.perf_counter() - start) * 1000)
+        assert shown_slice(frame) == before + direction
+    drawn_ms = frame.evaluate("() => window.__sliceViewer.latencies.slice()")
+    timings[f"slice change by wheel, median of {WHEEL_SAMPLES}"] = (
+        f"{statistics.median(wall_ms):.1f} ms (Playwright wheel → frame's slice changed); "
+        f"{statistics.median(drawn_ms[-WHEEL_SAMPLES:]):.1f} ms (wheel event → next frame "
+        "painted, measured in the page)"
+    )
+    k = shown_slice(frame)
+    _wait_settled(page, frame, k, n)  # the caption, the slider and the bars follow
+    assert np.array_equal(current_image(frame), apply_window(series.hu[k - 1], 40, 80))
+    page.screenshot(path=str(output_dir / "viewer-wheel.png"))
+
+    # The arrow keys, once the viewer has the focus (a click on the image).
+    frame.locator("#stage").click()
+    step = -1 if k > 2 else 1
+    key = "ArrowUp" if step == -1 else "ArrowDown"
+    page.keyboard.press(key)
+    page.keyboard.press(key)
+    assert shown_slice(frame) == k + 2 * step
+    k += 2 * step
+    _wait_settled(page, frame, k, n)
+
+    # Preset hotkey 4 (bone): the window changes in the browser at once, then the page
+    # switches its preset and sends the slices re-windowed.
+    page.keyboard.press("4")
+    bone = PRESETS["bone"]
+    expect(frame.locator("#bl")).to_have_text("W 2800 L 600 (bone)")
+    expect(slice_caption(page)).to_contain_text("W 2800 L 600")
+    frame.wait_for_function("() => window.__sliceViewer.shown.key.endsWith('-600-2800')")
+    assert np.array_equal(
+        current_image(frame), apply_window(series.hu[k - 1], bone.level, bone.width)
+    )
+    preset_box = page.get_by_test_id("stMain").get_by_test_id("stSelectbox")
+    expect(preset_box.filter(has_text="Window preset")).to_contain_text("bone")
+
+    # Right-drag: narrower and lower, the page gets the window on release.
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down(button="right")
+    page.mouse.move(box["x"] + box["width"] / 2 - 100, box["y"] + box["height"] / 2 - 20, steps=5)
+    live = frame.locator("#bl").inner_text()
+    page.mouse.up(button="right")
+    m = re.match(r"W (\d+) L (-?\d+)", live)
+    assert m and (int(m.group(1)), int(m.group(2))) != (2800, 600), live
+    expect(slice_caption(page)).to_contain_text(f"W {m.group(1)} L {m.group(2)}")
+
+    for name, value in timings.items():
+        print(f"TIMING {name}: {value}")
+    assert browser_page.foreign_requests == [], browser_page.foreign_requests
+    assert "Traceback" not in streamlit_server.log_tail(20_000), streamlit_server.log_tail()
