@@ -5,6 +5,7 @@ what the page shows, and screenshots are kept under the test output folder."""
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Locator, Page, expect
+from viewer_page import shown_slice, viewer_frame
 
 from core.dicom.study import Study, load_studies
 from core.imaging.volume import OUTLINE_RGB
@@ -28,10 +30,11 @@ MIN_SCREENSHOT_BYTES = 20_000
 
 
 def _slice_figure(page: Page) -> Locator:
-    """The main-area st.image whose caption names the slice."""
-    main = page.get_by_test_id("stMain")
-    return main.get_by_test_id("stImage").filter(
-        has=page.get_by_test_id("stImageCaption").filter(has_text="Slice ")
+    """The caption under the slice viewer ('Slice k of N · z = … mm · W … L …')."""
+    return (
+        page.get_by_test_id("stMain")
+        .get_by_test_id("stCaptionContainer")
+        .filter(has_text=re.compile(r"^Slice \d+ of \d+ "))
     )
 
 
@@ -46,7 +49,7 @@ def _plotly_chart(page: Page, title: str) -> Locator:
 
 
 def _caption(page: Page) -> str:
-    return _slice_figure(page).get_by_test_id("stImageCaption").inner_text().strip()
+    return _slice_figure(page).inner_text().strip()
 
 
 def _parse_caption(text: str) -> tuple[int, int, float, int, int]:
@@ -57,16 +60,24 @@ def _parse_caption(text: str) -> tuple[int, int, float, int, int]:
 
 
 def _slice_src(page: Page) -> str:
-    src = _slice_figure(page).locator("img").first.get_attribute("src")
-    assert src, "the slice <img> has no src"
-    return src
+    """The data URL of the slice the viewer draws now."""
+    src = viewer_frame(page).evaluate(
+        "() => { const s = window.__sliceViewer; return s.shown.images[s.index - 1].src; }"
+    )
+    assert src, "the viewer draws no slice"
+    return str(src)
 
 
 def _fetch_png(page: Page, src: str) -> Image.Image:
-    """The image the page shows, fetched from the (loopback) streamlit media endpoint."""
-    resp = page.request.get(src)
-    assert resp.ok, f"GET {src} → {resp.status}"
-    img = Image.open(io.BytesIO(resp.body()))
+    """The image the page shows: a data URL inside the viewer, or a (loopback) media URL."""
+    prefix = "data:image/png;base64,"
+    if src.startswith(prefix):
+        data = base64.b64decode(src[len(prefix) :])
+    else:
+        resp = page.request.get(src)
+        assert resp.ok, f"GET {src} → {resp.status}"
+        data = resp.body()
+    img = Image.open(io.BytesIO(data))
     assert img.format == "PNG", f"slice image is {img.format}, expected PNG"
     return img
 
@@ -173,7 +184,7 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     darkest = min((max(_rgb(c)) for c in stops if c), default=255)
     assert darkest < 40, f"the strip's colour bar has no dark end: {stops}"
     expect(main.get_by_text("Running the model")).to_have_count(0)
-    expect(_slice_figure(page).get_by_test_id("stImageCaption")).to_contain_text(f" of {n} ")
+    expect(_slice_figure(page)).to_contain_text(f" of {n} ")
     k, src = _assert_shows_slice(page, study)
     expect(bars).to_contain_text(f"slice {k}")
     expect(bars).to_contain_text("study (max)")
@@ -203,13 +214,9 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     button = main.get_by_role("button", name="Next ▶" if step == 1 else "◀ Previous")
     expect(button).to_be_enabled()
     button.click()
-    expect(_slice_figure(page).get_by_test_id("stImageCaption")).to_contain_text(
-        f"Slice {k + step} of {n} "
-    )
-    page.wait_for_function(
-        "(old) => [...document.querySelectorAll('[data-testid=stMain] [data-testid=stImage] img')]"
-        ".some(i => i.src && i.src !== old)",
-        arg=src,
+    expect(_slice_figure(page)).to_contain_text(f"Slice {k + step} of {n} ")
+    viewer_frame(page).wait_for_function(
+        "(k) => document.getElementById('stage').dataset.slice === String(k)", arg=k + step
     )
     k2, src2 = _assert_shows_slice(page, study)
     assert k2 == k + step
@@ -222,27 +229,34 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     expect(switch).not_to_be_checked()
     main.get_by_text("Grad-CAM heatmap", exact=True).click()
     expect(switch).to_be_checked()
-    caption = _slice_figure(page).get_by_test_id("stImageCaption")
+    caption = _slice_figure(page)
     expect(caption).to_contain_text("Grad-CAM 'any'", timeout=FIRST_PREDICTION_TIMEOUT_MS)
     expect(caption).to_contain_text("P =")
     expect(caption).to_contain_text(f"Slice {k2} of {n} ")
     p_cam = float(re.search(r"P = ([\d.]+)", caption.inner_text()).group(1))
     assert 0.0 <= p_cam <= 1.0
-    # The colour bar: a second image in the main area, a wide low→high ramp, and its legend.
+    # The colour bar: the one image in the main area, a wide low→high ramp, and its legend.
     images = main.get_by_test_id("stImage")
-    expect(images).to_have_count(2)
-    colorbar = images.nth(1).locator("img")
+    expect(images).to_have_count(1)
+    colorbar = images.first.locator("img")
     expect(colorbar).to_be_visible()
     bar_png = np.asarray(_fetch_png(page, colorbar.get_attribute("src")).convert("RGB"))
     assert bar_png.shape[1] > 10 * bar_png.shape[0], f"colour bar shape {bar_png.shape}"
     assert not np.array_equal(bar_png[:, 0], bar_png[:, -1]), "colour bar has no ramp"
     expect(main.get_by_text("low ← relative Grad-CAM → high")).to_be_visible()
-    # The overlay is colour on the greyscale slice: not the plain windowed slice any more.
-    overlay_src = _slice_src(page)
-    assert overlay_src != src2
-    overlay = np.asarray(_fetch_png(page, overlay_src).convert("RGB")).astype(int)
-    assert overlay.shape[:2] == study.default_series.hu.shape[1:]
-    chroma = (overlay.max(axis=2) - overlay.min(axis=2)).mean()
+    # The overlay is a colour layer over the greyscale slice, for this slice, drawn on it.
+    frame = viewer_frame(page)
+    frame.wait_for_function(
+        "(k) => { const h = window.__sliceViewer.heat; return h && h.image && h.slice === k; }",
+        arg=k2,
+    )
+    expect(frame.locator("#tr")).to_contain_text("Grad-CAM 'any'")
+    overlay_src = frame.evaluate("() => window.__sliceViewer.heat.image.src")
+    layer = np.asarray(_fetch_png(page, overlay_src).convert("RGBA")).astype(int)
+    assert layer.shape[:2] == study.default_series.hu.shape[1:]
+    seen = layer[..., 3] > 0
+    assert seen.any(), "the heatmap layer is fully transparent"
+    chroma = (layer[..., :3].max(axis=2) - layer[..., :3].min(axis=2))[seen].mean()
     assert chroma > 5, f"the heatmap overlay shows no colour (mean chroma {chroma:.1f})"
     expect(main.get_by_text("Computing the heatmap")).to_have_count(0)
 
@@ -257,9 +271,10 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     page.mouse.click(
         area["x"] + (target - 0.5) / n * area["width"], area["y"] + 0.5 / 6 * area["height"]
     )
-    expect(_slice_figure(page).get_by_test_id("stImageCaption")).to_contain_text(
+    expect(_slice_figure(page)).to_contain_text(
         f"Slice {target} of {n} ", timeout=FIRST_PREDICTION_TIMEOUT_MS
     )
+    assert shown_slice(viewer_frame(page)) == target
 
     for name in ("viewer.png", "viewer-heatmap.png"):
         _assert_real_png(output_dir / name)
@@ -308,7 +323,7 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     page.keyboard.press("Home")
     for _ in range(target - 1):
         page.keyboard.press("ArrowRight")
-    caption = _slice_figure(page).get_by_test_id("stImageCaption")
+    caption = _slice_figure(page)
     expect(caption).to_contain_text(f"Slice {target} of {study.default_series.n_slices} ")
 
     if with_map:
@@ -331,7 +346,10 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     shown = float(re.search(r"outlined (\d+) mm²", caption.inner_text()).group(1))
     assert shown == round(areas[target - 1]), (shown, areas[target - 1])
     expect(main.get_by_text("Estimated bleed volume")).to_be_visible()
-    image = np.asarray(_fetch_png(page, _slice_src(page)).convert("RGB"))
+    frame = viewer_frame(page)
+    frame.wait_for_function("(k) => !!window.__sliceViewer.outline[k - 1]", arg=target)
+    src = frame.evaluate("(k) => window.__sliceViewer.outline[k - 1].src", target)
+    image = np.asarray(_fetch_png(page, src).convert("RGB"))
     assert (image == np.array(OUTLINE_RGB)).all(axis=-1).sum() > 20, "no outline pixels drawn"
     _full_page_screenshot(page, output_dir / "viewer-outline.png")
     _assert_real_png(output_dir / "viewer-outline.png")

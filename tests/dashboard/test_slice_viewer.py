@@ -1,6 +1,6 @@
 """The slice viewer component in the page, through AppTest (no browser: what the page sends the
 component, and what it does with the component's reports). The browser side is in
-tests/browser/test_slice_viewer.py."""
+tests/browser/test_slice_viewer_in_chromium.py."""
 
 from __future__ import annotations
 

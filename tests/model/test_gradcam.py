@@ -12,7 +12,7 @@ import core.model.gradcam
 from core.imaging.windowing import BRAIN, apply_window, model_input
 from core.labels import LABELS
 from core.model.checkpoint import ModelSpec, build_model
-from core.model.gradcam import GradCamExplainer, Heatmap, render_overlay
+from core.model.gradcam import GradCamExplainer, Heatmap, heatmap_layer, render_overlay
 
 SPEC = ModelSpec("tiny", 64)
 
@@ -199,6 +199,24 @@ def test_render_overlay(explainer: GradCamExplainer) -> None:
     cold = heatmap.cam < 0.02
     assert cold.any()
     assert (np.abs(rgb[cold].astype(int) - grey[cold].astype(int)).max(axis=-1) <= 3).all()
+
+
+def test_heatmap_layer_over_the_slice_is_the_overlay(explainer: GradCamExplainer) -> None:
+    """The viewer lays the RGBA layer over the windowed slice in the browser: composited the
+    way a browser does (source-over), it gives what render_overlay draws, within the layer's
+    8-bit alpha rounding."""
+    hu = _slice()
+    heatmap = explainer.explain(hu, "any")
+    layer = heatmap_layer(heatmap, 0.4).astype(np.float32)
+    assert layer.shape == (*hu.shape, 4)
+    grey = apply_window(hu, BRAIN.level, BRAIN.width)[..., None].astype(np.float32)
+    alpha = layer[..., 3:] / 255
+    composited = np.rint((1 - alpha) * grey + alpha * layer[..., :3])
+    expected = render_overlay(hu, heatmap, BRAIN.level, BRAIN.width, 0.4).astype(np.float32)
+    assert np.abs(composited - expected).max() <= 2
+    assert (layer[..., 3][heatmap.cam < 0.001] == 0).all()  # transparent where the map is ~0
+    with pytest.raises(ValueError, match="opacity"):
+        heatmap_layer(heatmap, 1.5)
 
 
 def test_render_overlay_rejects_bad_arguments(explainer: GradCamExplainer) -> None:

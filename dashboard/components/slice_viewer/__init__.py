@@ -138,7 +138,7 @@ def slice_viewer(
             {"hotkey": h, "name": w.name, "level": int(w.level), "width": int(w.width)}
             for h, w in zip(HOTKEYS, presets, strict=False)
         ],
-        "z": [round(float(v), 2) for v in z],
+        "z": [float(v) for v in z],  # unrounded: the frame rounds once, as the caption
         "markers": asdict(markers) if markers is not None else None,
         "orientation_note": NOT_RECORDED,
         "pixel_spacing": list(pixel_spacing) if pixel_spacing else None,

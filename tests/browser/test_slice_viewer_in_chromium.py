@@ -6,8 +6,6 @@ machine is shared."""
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 import statistics
 import time
@@ -15,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from playwright.sync_api import Frame, Locator, Page, expect
+from viewer_page import current_image, shown_slice, viewer_frame
 
 from core.dicom.study import load_studies
 from core.imaging.orientation import edge_markers
@@ -25,32 +23,6 @@ from core.imaging.windowing import PRESETS, apply_window
 FIRST_PREDICTION_TIMEOUT_MS = 120_000  # reading + first model run on 2 busy CPU cores
 STEP_TIMEOUT_MS = 60_000
 WHEEL_SAMPLES = 20
-COMPONENT = "dashboard.components.slice_viewer.slice_viewer"
-
-
-def viewer_frame(page: Page) -> Frame:
-    """The slice viewer's iframe (served by streamlit from dashboard/components/slice_viewer)."""
-    deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
-    while time.monotonic() < deadline:
-        for frame in page.frames:
-            if f"/component/{COMPONENT}/" in frame.url:
-                return frame
-        page.wait_for_timeout(100)
-    raise AssertionError(f"no {COMPONENT} frame on the page: {[f.url for f in page.frames]}")
-
-
-def shown_slice(frame: Frame) -> int:
-    return int(frame.locator("#stage").get_attribute("data-slice") or 0)
-
-
-def current_image(frame: Frame) -> np.ndarray:
-    """The decoded 8-bit slice the viewer draws now (its data URL, decoded here)."""
-    src = frame.evaluate(
-        "() => { const s = window.__sliceViewer; return s.shown.images[s.index - 1].src; }"
-    )
-    prefix = "data:image/png;base64,"
-    assert src.startswith(prefix), src[:40]
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src[len(prefix) :]))))
 
 
 def slice_caption(page: Page) -> Locator:
@@ -184,8 +156,10 @@ def test_wheel_keys_presets_and_markers_in_chromium(
     assert np.array_equal(
         current_image(frame), apply_window(series.hu[k - 1], bone.level, bone.width)
     )
-    preset_box = page.get_by_test_id("stMain").get_by_test_id("stSelectbox")
-    expect(preset_box.filter(has_text="Window preset")).to_contain_text("bone")
+    # the page's preset box (the only select box while the heatmap is off) says so too
+    expect(page.get_by_test_id("stMain").get_by_test_id("stSelectbox").first).to_contain_text(
+        "bone"
+    )
 
     # Right-drag: narrower and lower, the page gets the window on release.
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
