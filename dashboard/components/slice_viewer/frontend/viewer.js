@@ -139,9 +139,10 @@
     if (state.wheelAt !== null) {
       const t0 = state.wheelAt;
       state.wheelAt = null;
-      requestAnimationFrame(() => {
+      // The next animation frame, then a task after it: about when that frame was painted.
+      requestAnimationFrame(() => setTimeout(() => {
         state.latencies.push(performance.now() - t0);
-      });
+      }, 0));
     }
   }
 
