@@ -26,3 +26,21 @@ def valid_uid(uid: str) -> str:
     if pydicom.uid.UID(uid).is_valid:
         return uid
     return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_OID, uid).int)
+
+
+def frame_of_reference_uid(series_instance_uid: str, source_frame_of_reference: str = "") -> str:
+    """The Frame of Reference UID of a series' patient coordinates: the source's own (made
+    valid), or, when the source names none (RSNA's de-identified files), a stable UID derived
+    from the series UID, so that every object drawn on that series (SEG, SR) shares one frame.
+
+    >>> frame_of_reference_uid("1.2.3", "1.2.3.4")
+    '1.2.3.4'
+    >>> a = frame_of_reference_uid("ID_7e2939f5a2")
+    >>> a == frame_of_reference_uid("ID_7e2939f5a2") and a.startswith("2.25.")
+    True
+    >>> a != valid_uid("ID_7e2939f5a2")  # not the series' own UID
+    True
+    """
+    if source_frame_of_reference:
+        return valid_uid(source_frame_of_reference)
+    return valid_uid(f"frame-of-reference:{series_instance_uid}")
