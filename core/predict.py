@@ -1,8 +1,10 @@
-"""``python -m core.predict STUDY.zip [...] [--json OUT] [--cam-dir DIR] [--device cpu|cuda]``.
+"""``python -m core.predict STUDY.zip [...] [--json OUT] [--cam-dir DIR] [--report-dir DIR]``.
 
 Scores every study in the given zips or folders with the installed model (or ``--weights
 CARD.json``), prints one line per study, and can write per-slice probabilities as JSON and
-Grad-CAM overlays as PNG, for review outside the dashboard or for batch runs.
+Grad-CAM overlays as PNG, for review outside the dashboard or for batch runs. ``--report-dir``
+writes per study the PDF report, the DICOM Secondary Capture of the key image and the DICOM SEG
+of the bleed outline (none when nothing is outlined: the reason is printed and in the JSON).
 
 Exit codes: 0 done; 1 an output file could not be written; 2 the input cannot be read as CT;
 3 no usable model (missing, damaged, or a GPU requested where there is none). Messages are
@@ -42,6 +44,7 @@ from core.model.gradcam import render_overlay
 from core.notice import NOTICE
 from core.reports.pdf import render_pdf, report_input
 from core.reports.secondary_capture import secondary_capture_bytes
+from core.reports.segmentation import SegmentationInput, segmentation_bytes
 from core.review.pseudonym import Pseudonymizer, for_installation
 
 EXIT_OK = 0
@@ -92,16 +95,25 @@ def write_reports(
     estimate: BleedEstimate | None,
     folder: Path,
     patient: str,
-) -> list[str]:
-    """The study's PDF report and DICOM Secondary Capture; file names from the sanitized UID.
+) -> tuple[list[str], list[str]]:
+    """The study's PDF report, DICOM Secondary Capture and, when there is an outline, the DICOM
+    SEG of the bleed outline; file names from the sanitized UID, never from uploaded names.
     ``patient`` is the label the user chose (pseudonym or identity). The command line has no
-    reviews: the reports say none was recorded."""
+    reviews: the reports say none was recorded. Returns (files written, notes: why a SEG was
+    not written)."""
     data = report_input(study, prediction, predictor, estimate, [], patient)
     stem = safe_name(study.study_instance_uid)
-    pdf, dcm = f"{stem}_report.pdf", f"{stem}_key-image.dcm"
+    pdf, dcm, seg = f"{stem}_report.pdf", f"{stem}_key-image.dcm", f"{stem}_bleed-seg.dcm"
     (folder / pdf).write_bytes(render_pdf(data))
     (folder / dcm).write_bytes(secondary_capture_bytes(data))
-    return [pdf, dcm]
+    if estimate is None:
+        return [pdf, dcm], ["No bleed outline was estimated (--no-volume): no DICOM SEG."]
+    try:
+        seg_data = segmentation_bytes(SegmentationInput.from_report(data))
+    except ICHError as exc:  # no outline, or a series that cannot be placed in the patient
+        return [pdf, dcm], [str(exc)]
+    (folder / seg).write_bytes(seg_data)
+    return [pdf, dcm, seg], []
 
 
 def format_table(predictor: Predictor, rows: list[StudyPrediction]) -> str:
@@ -169,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-dir",
         type=Path,
-        help="write a one-page PDF report and a DICOM Secondary Capture per study here",
+        help="write a one-page PDF report, a DICOM Secondary Capture and (when the model "
+        "outlines a bleed) a DICOM SEG of the outline per study here",
     )
     parser.add_argument(
         "--show-identity", action="store_true", help="name the patient in the PDF reports"
@@ -233,9 +246,11 @@ def main(argv: list[str] | None = None) -> int:
                 summary["heatmaps"] = write_heatmaps(predictor, study, prediction, args.cam_dir)
             if args.report_dir is not None and names is not None:
                 patient = names.study_label(study, args.show_identity)
-                summary["reports"] = write_reports(
+                summary["reports"], notes = write_reports(
                     predictor, study, prediction, estimate, args.report_dir, patient
                 )
+                if notes:
+                    summary["report_notes"] = notes
         except ModelError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_MODEL
@@ -280,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.cam_dir is not None:
         n = sum(len(s["heatmaps"]) for s in summaries)
         print(f"{n} Grad-CAM overlay(s) written to {args.cam_dir}")
+    if args.report_dir is not None:
+        n = sum(len(s["reports"]) for s in summaries)
+        print(f"{n} report file(s) written to {args.report_dir}")
+        for s in summaries:
+            for note in s.get("report_notes", ()):
+                print(f"{s['StudyInstanceUID']}: {note}")
     return EXIT_OK
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 import torch
@@ -18,6 +20,7 @@ from core.labels import LABELS
 from core.model.checkpoint import ModelSpec, build_model, load_checkpoint, save_checkpoint
 from core.notice import NOTICE
 from core.predict import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, main, safe_name
+from core.reports.segmentation import mask_from_segmentation
 from core.review.pseudonym import for_installation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,10 +177,38 @@ def test_json_carries_volume_and_areas_and_reports_are_written(
     flagged = set(bleed["flagged_slices"])
     assert all(s["bleed_area_mm2"] == 0 for i, s in enumerate(entry["slices"]) if i not in flagged)
     stem = safe_name(entry["StudyInstanceUID"])
-    assert sorted(entry["reports"]) == [f"{stem}_key-image.dcm", f"{stem}_report.pdf"]
+    seg_name = f"{stem}_bleed-seg.dcm"
+    assert sorted(entry["reports"]) == [seg_name, f"{stem}_key-image.dcm", f"{stem}_report.pdf"]
     assert (reports / f"{stem}_report.pdf").read_bytes().startswith(b"%PDF")
     ds = pydicom.dcmread(reports / f"{stem}_key-image.dcm")
     assert ds.Modality == "OT" and "RESEARCH USE ONLY" in ds.ImageComments
+    # the SEG holds the outline the JSON measures: a frame on each slice with an area, of
+    # that area, in the same study as the key image
+    seg = hd.seg.segread(reports / seg_name)
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == ds.StudyInstanceUID
+    series = load_studies(small_zip)[0].default_series
+    mask = mask_from_segmentation(seg, series)
+    pixel_area = series.pixel_spacing[0] * series.pixel_spacing[1]  # type: ignore[index]
+    areas = [s["bleed_area_mm2"] for s in entry["slices"]]
+    assert any(areas)
+    assert np.allclose(mask.reshape(len(mask), -1).sum(axis=1) * pixel_area, areas, atol=0.1)
+    assert "report_notes" not in entry
+
+
+def test_an_empty_outline_writes_no_seg_and_says_why(
+    card: Path, small_zip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, reports = tmp_path / "out.json", tmp_path / "reports"
+    argv = [str(small_zip), "--weights", str(card), "--json", str(out), "--flag-threshold", "0.99"]
+    assert main([*argv, "--report-dir", str(reports), "--device", "cpu"]) == EXIT_OK
+    entry = json.loads(out.read_text(encoding="utf-8"))["studies"][0]
+    assert entry["bleed_estimate"]["volume_ml"] == 0  # nothing reaches P(any) 0.99
+    stem = safe_name(entry["StudyInstanceUID"])
+    assert sorted(entry["reports"]) == [f"{stem}_key-image.dcm", f"{stem}_report.pdf"]
+    assert sorted(p.name for p in reports.iterdir()) == sorted(entry["reports"])
+    [note] = entry["report_notes"]
+    assert "outlined no bleed" in note and "no DICOM SEG" in note
+    assert f"{entry['StudyInstanceUID']}: {note}" in capsys.readouterr().out
 
 
 def _pdf_text(path: Path) -> str:

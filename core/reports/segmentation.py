@@ -174,7 +174,7 @@ def segmentation(data: SegmentationInput) -> hd.seg.Segmentation:
     if not mask.any():
         raise EmptyOutlineError(
             "The model outlined no bleed on this study: there is nothing to overlay, so no "
-            "DICOM SEG is written (the report says so in words)."
+            "DICOM SEG is written."
         )
     seg = hd.seg.Segmentation(
         source_images=source_datasets(data.study, data.series),
