@@ -44,7 +44,7 @@ from core.model.gradcam import render_overlay
 from core.notice import NOTICE
 from core.reports.pdf import render_pdf, report_input
 from core.reports.secondary_capture import secondary_capture_bytes
-from core.reports.segmentation import SegmentationInput, segmentation_bytes
+from core.reports.segmentation import report_segmentation
 from core.review.pseudonym import Pseudonymizer, for_installation
 
 EXIT_OK = 0
@@ -106,12 +106,11 @@ def write_reports(
     pdf, dcm, seg = f"{stem}_report.pdf", f"{stem}_key-image.dcm", f"{stem}_bleed-seg.dcm"
     (folder / pdf).write_bytes(render_pdf(data))
     (folder / dcm).write_bytes(secondary_capture_bytes(data))
-    if estimate is None:
-        return [pdf, dcm], ["No bleed outline was estimated (--no-volume): no DICOM SEG."]
-    try:
-        seg_data = segmentation_bytes(SegmentationInput.from_report(data))
-    except ICHError as exc:  # no outline, or a series that cannot be placed in the patient
-        return [pdf, dcm], [str(exc)]
+    seg_data, why_not = report_segmentation(data)
+    if seg_data is None:
+        if estimate is None:
+            why_not = "No bleed outline was estimated (--no-volume): no DICOM SEG."
+        return [pdf, dcm], [why_not]
     (folder / seg).write_bytes(seg_data)
     return [pdf, dcm, seg], []
 

@@ -226,3 +226,12 @@ def mask_from_segmentation(seg: pydicom.Dataset, series: Series) -> np.ndarray:
     for uid, plane in zip(referenced, pixels, strict=True):
         out[index[uid]] = plane[..., 0] > 0
     return out
+
+
+def report_segmentation(data: ReportInput) -> tuple[bytes | None, str]:
+    """The SEG of what a report shows, or None and why not (in words, for the user): what
+    both the viewer's download and ``core.predict --report-dir`` offer."""
+    try:
+        return segmentation_bytes(SegmentationInput.from_report(data)), ""
+    except ICHError as exc:  # no outline, or a series that cannot be placed in the patient
+        return None, str(exc)

@@ -1,5 +1,6 @@
-"""Report downloads for the open study: a one-page PDF and a DICOM Secondary Capture for PACS.
-Built on request (a Grad-CAM and the bleed estimate are computed), then offered for download."""
+"""Report downloads for the open study: a one-page PDF, a DICOM Secondary Capture and the DICOM
+SEG of the bleed outline for PACS. Built on request (a Grad-CAM and the bleed estimate are
+computed), then offered for download."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from core.dicom.study import Study
 from core.inference.predictor import Predictor, StudyPrediction
 from core.reports.pdf import render_pdf, report_input
 from core.reports.secondary_capture import secondary_capture_bytes
+from core.reports.segmentation import report_segmentation
 from core.review.store import ReviewStore
 from dashboard import resources
 from dashboard.state import Session
@@ -30,7 +32,7 @@ def render(
     # A new review, or showing/hiding identity, makes the prepared report stale.
     key = f"report-{uid}-{len(reviews)}-{int(sess.show_identity)}"
     st.markdown("##### Reports")
-    cols = st.columns([2, 2, 2, 3])
+    cols = st.columns([2, 2, 2, 2, 3])
     if cols[0].button("Prepare reports", key=f"prepare-{uid}", width="stretch"):
         series = study.default_series
         with st.spinner("Preparing the report…"):
@@ -45,25 +47,30 @@ def render(
                 reviews,
                 patient,
             )
-            st.session_state[key] = (render_pdf(data), secondary_capture_bytes(data))
+            seg, why_not = report_segmentation(data)
+            st.session_state[key] = (render_pdf(data), secondary_capture_bytes(data), seg, why_not)
     ready = st.session_state.get(key)
+    pdf, key_image, seg, why_not = ready or (None, None, None, "")
     downloads = [
-        ("PDF report", "ich-review-report.pdf", "application/pdf", "pdf"),
-        ("Key image (DICOM)", "ich-review-key-image.dcm", "application/dicom", "dcm"),
+        ("PDF report", pdf, "ich-review-report.pdf", "application/pdf", "pdf"),
+        ("Key image (DICOM)", key_image, "ich-review-key-image.dcm", "application/dicom", "dcm"),
+        ("Download DICOM SEG", seg, "ich-review-bleed-seg.dcm", "application/dicom", "seg"),
     ]
-    for col, data, (label, name, mime, kind) in zip(
-        cols[1:3], ready or (b"", b""), downloads, strict=True
-    ):
+    for col, (label, data, name, mime, kind) in zip(cols[1:4], downloads, strict=True):
         col.download_button(
             label,
-            data,
+            data or b"",
             file_name=name,
             mime=mime,
-            disabled=ready is None,
+            disabled=data is None,
             key=f"{kind}-{uid}",
             width="stretch",
         )
     cols[3].caption(
-        "The PDF names the patient only when identities are shown. The DICOM object carries "
-        "the study's patient data so that a PACS can file it."
+        why_not
+        or "The bleed outline on every slice, for a PACS viewer to overlay (research use only)."
+    )
+    cols[4].caption(
+        "The PDF names the patient only when identities are shown. The DICOM objects carry "
+        "the study's patient data so that a PACS can file them."
     )
