@@ -56,13 +56,13 @@ def render(
         ("Key image (DICOM)", key_image, "ich-review-key-image.dcm", "application/dicom", "dcm"),
         ("Download DICOM SEG", seg, "ich-review-bleed-seg.dcm", "application/dicom", "seg"),
     ]
-    for col, (label, data, name, mime, kind) in zip(cols[1:4], downloads, strict=True):
+    for col, (label, content, name, mime, kind) in zip(cols[1:4], downloads, strict=True):
         col.download_button(
             label,
-            data or b"",
+            content or b"",
             file_name=name,
             mime=mime,
-            disabled=data is None,
+            disabled=content is None,
             key=f"{kind}-{uid}",
             width="stretch",
         )
