@@ -353,3 +353,48 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     assert (image == np.array(OUTLINE_RGB)).all(axis=-1).sum() > 20, "no outline pixels drawn"
     _full_page_screenshot(page, output_dir / "viewer-outline.png")
     _assert_real_png(output_dir / "viewer-outline.png")
+
+
+SEG_STUDY = "ID_286f17f9e7"  # a real study whose hematoma the shipped model outlines
+
+
+@pytest.mark.slow
+def test_the_bleed_outline_downloads_as_a_dicom_seg(
+    shipped_server, browser_page, study_zips: list[Path], output_dir: Path
+) -> None:
+    """On a real bleeding study, "Download DICOM SEG" hands the browser a SEG whose mask is the
+    shipped model's outline of that study, frame for slice."""
+    import highdicom as hd
+
+    from core.reports.segmentation import mask_from_segmentation
+
+    path = next(p for p in study_zips if p.stem == SEG_STUDY)
+    (study,) = load_studies(path)
+    predictor = Predictor(load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache())
+    estimate = predictor.localise(study.default_series, predictor.predict(study))
+    assert estimate.mask.any(), f"the shipped model outlines nothing on {SEG_STUDY}"
+
+    page: Page = browser_page.page
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    expect.set_options(timeout=STEP_TIMEOUT_MS)
+    page.goto(shipped_server.url, wait_until="domcontentloaded")
+    sidebar, main = page.get_by_test_id("stSidebar"), page.get_by_test_id("stMain")
+    sidebar.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(str(path))
+    expect(_plotly_chart(page, "Probabilities")).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    button = main.get_by_role("button", name="Download DICOM SEG")
+    expect(button).to_be_disabled()
+    main.get_by_role("button", name="Prepare reports").click()
+    expect(button).to_be_enabled(timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    expect(main.get_by_text("The bleed outline on every slice", exact=False)).to_be_visible()
+    with page.expect_download() as info:
+        button.click()
+    download = info.value
+    assert download.suggested_filename == "ich-review-bleed-seg.dcm"
+    saved = output_dir / "downloaded-bleed-seg.dcm"
+    download.save_as(saved)
+    seg = hd.seg.segread(saved)
+    assert np.array_equal(mask_from_segmentation(seg, study.default_series), estimate.mask)
+    button.scroll_into_view_if_needed()
+    page.screenshot(path=str(output_dir / "viewer-seg-download.png"))
+    _assert_real_png(output_dir / "viewer-seg-download.png")
+    assert browser_page.foreign_requests == []
