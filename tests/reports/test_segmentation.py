@@ -215,3 +215,19 @@ def test_the_shipped_models_outline_reads_back_from_its_seg(study: Study, tmp_pa
     [algorithm] = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence
     assert algorithm.AlgorithmName == predictor.loaded.card.name
     assert algorithm.AlgorithmVersion == predictor.weights_identity
+
+
+def test_a_source_frame_of_reference_and_study_date_are_kept(
+    study: Study, hand_mask: np.ndarray, tmp_path: Path
+) -> None:
+    from datetime import date
+
+    from dicom_validation import dciodvfy_errors
+
+    frame = "1.2.826.0.1.3680043.8.498.77"
+    series = dataclasses.replace(study.default_series, frame_of_reference_uid=frame)
+    dated = dataclasses.replace(study, series=(series,), study_date=date(2026, 11, 23))
+    raw = segmentation_bytes(SegmentationInput(dated, series, hand_mask, MODEL, VERSION))
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    assert ds.FrameOfReferenceUID == frame and ds.StudyDate == "20261123"
+    assert dciodvfy_errors(raw, tmp_path, "dated-seg.dcm") == []
