@@ -15,6 +15,12 @@ def render(
     sess: Session, store: ReviewStore, names: Pseudonymizer, threshold: float | None = None
 ) -> None:
     """``threshold``: the model's operating point for the study P(any) (from its card), or None."""
+    head = st.columns([4, 2, 2])
+    head[0].subheader("Worklist")
+    # Read before the rows are built, so that the rows follow the toggle in the same click.
+    sess.show_identity = head[1].toggle(
+        "Show patient identity", value=sess.show_identity, key="show-identity"
+    )
     scores = {uid: p.study_scores for uid, p in sess.predictions.items()}
     entries = build_worklist(
         sess.studies.values(),
@@ -23,11 +29,6 @@ def render(
         store.latest_by_study(),
         names,
         show_identity=sess.show_identity,
-    )
-    head = st.columns([4, 2, 2])
-    head[0].subheader("Worklist")
-    sess.show_identity = head[1].toggle(
-        "Show patient identity", value=sess.show_identity, key="show-identity"
     )
     head[2].download_button(
         "Export CSV",

@@ -400,3 +400,16 @@ def test_a_study_opens_at_its_most_suspicious_slice_once_scored(
     assert peak != middle  # else this test could not tell the two apart
     at = _upload(_start(), small_zip)
     assert at.slider(key=f"slice-{uid}").value == peak
+
+
+def test_show_identity_turns_the_worklist_and_the_viewer_at_once(
+    small_zip: Path, app_env: Path
+) -> None:
+    at = _upload(_start(), small_zip)
+    study = load_studies(small_zip)[0]
+    assert at.main.get("dataframe")[0].value["Patient"][0].startswith("Patient ")
+    at.toggle(key="show-identity").set_value(True).run()
+    assert not at.exception
+    shown = at.main.get("dataframe")[0].value["Patient"][0]
+    assert not shown.startswith("Patient ") and study.patient_id in shown
+    assert any(m.value.startswith(f"#### {plain(shown)} ·") for m in at.main.markdown)
