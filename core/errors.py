@@ -30,3 +30,8 @@ class ModelError(ICHError):
 class StoreError(ICHError):
     """The app's data folder, its review database or its pseudonym key cannot be used (cannot
     be created, locked, damaged, read-only, written by a newer version…)."""
+
+
+class PacsError(InputError):
+    """The PACS (a DICOMweb server) cannot be reached, refused the login or the request, cut a
+    transfer short, or holds no CT study under the name asked for."""
