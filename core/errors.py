@@ -35,3 +35,7 @@ class StoreError(ICHError):
 class PacsError(InputError):
     """The PACS (a DICOMweb server) cannot be reached, refused the login or the request, cut a
     transfer short, or holds no CT study under the name asked for."""
+
+
+class NotCTStudyError(PacsError):
+    """The study asked for on the PACS holds no CT series (an MR, an SR…): nothing to score."""

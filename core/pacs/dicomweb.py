@@ -36,7 +36,7 @@ from pydicom.errors import InvalidDicomError
 
 from core.dicom.archive import DEFAULT_LIMITS, ArchiveLimits
 from core.dicom.study import Study, load_studies
-from core.errors import PacsError, UnsafeArchiveError
+from core.errors import NotCTStudyError, PacsError, UnsafeArchiveError
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +223,7 @@ class DicomWebSource:
 
     def series_of(self, study_instance_uid: str) -> list[PacsSeries]:
         with self._errors("list the study's series"):
-            found = self.client.search_for_series(
-                study_instance_uid, fields=list(_SERIES_FIELDS)
-            )
+            found = self.client.search_for_series(study_instance_uid, fields=list(_SERIES_FIELDS))
         return [
             PacsSeries(
                 series_instance_uid=_text(item, "0020000E"),
@@ -255,7 +253,7 @@ class DicomWebSource:
         ct = [s for s in series if s.modality == "CT"]
         if not ct:
             kinds = ", ".join(sorted({s.modality or "unknown" for s in series}))
-            raise PacsError(
+            raise NotCTStudyError(
                 f"Study {study_instance_uid} on the PACS holds {kinds} images, not CT. The "
                 "tool reads head CT only; choose the CT study."
             )
@@ -315,7 +313,9 @@ class DicomWebSource:
                         progress(received, expected or received)
         return buf.getvalue(), received
 
-    def _iter_series(self, study_uid: str, series_uid: str, before: int) -> Iterator[pydicom.Dataset]:
+    def _iter_series(
+        self, study_uid: str, series_uid: str, before: int
+    ) -> Iterator[pydicom.Dataset]:
         got = 0
         with self._errors("retrieve the study", study_uid=study_uid):
             try:
@@ -354,33 +354,41 @@ class DicomWebSource:
 
     @contextmanager
     def _errors(self, action: str, study_uid: str | None = None) -> Iterator[None]:
-        """Any HTTP failure as one PacsError with a message for the person at the screen."""
-        url = self.settings.url
-        try:
+        with http_errors(self.settings, action, study_uid):
             yield
-        except PacsError:
-            raise
-        except requests.exceptions.SSLError as exc:
-            raise PacsError(
-                f"The PACS at {url} answered over HTTPS with a certificate this computer does "
-                f"not trust, so nothing was sent. Give the hospital's CA certificate ({ENV_CA})."
-            ) from exc
-        except requests.exceptions.HTTPError as exc:
-            raise PacsError(_http_message(exc, url, action)) from exc
-        except requests.exceptions.ChunkedEncodingError as exc:
-            raise PacsError(_cut_short(study_uid or "?", None, None)) from exc
-        except requests.exceptions.Timeout as exc:
-            raise PacsError(
-                f"The PACS at {url} did not answer within {self.settings.timeout_s:.0f} s when "
-                f"asked to {action}. Try again later, or ask IT whether it is overloaded."
-            ) from exc
-        except requests.exceptions.ConnectionError as exc:
-            raise PacsError(
-                f"The PACS at {url} cannot be reached ({_reason(exc)}). Check the address and "
-                "that the server is running and reachable from this computer."
-            ) from exc
-        except requests.exceptions.RequestException as exc:
-            raise PacsError(f"Could not {action} on the PACS at {url} ({_reason(exc)}).") from exc
+
+
+@contextmanager
+def http_errors(
+    settings: PacsSettings, action: str, study_uid: str | None = None
+) -> Iterator[None]:
+    """Any HTTP failure as one PacsError with a message for the person at the screen."""
+    url = settings.url
+    try:
+        yield
+    except PacsError:
+        raise
+    except requests.exceptions.SSLError as exc:
+        raise PacsError(
+            f"The PACS at {url} answered over HTTPS with a certificate this computer does "
+            f"not trust, so nothing was sent. Give the hospital's CA certificate ({ENV_CA})."
+        ) from exc
+    except requests.exceptions.HTTPError as exc:
+        raise PacsError(_http_message(exc, url, action)) from exc
+    except requests.exceptions.ChunkedEncodingError as exc:
+        raise PacsError(_cut_short(study_uid or "?", None, None)) from exc
+    except requests.exceptions.Timeout as exc:
+        raise PacsError(
+            f"The PACS at {url} did not answer within {settings.timeout_s:.0f} s when "
+            f"asked to {action}. Try again later, or ask IT whether it is overloaded."
+        ) from exc
+    except requests.exceptions.ConnectionError as exc:
+        raise PacsError(
+            f"The PACS at {url} cannot be reached ({_reason(exc)}). Check the address and "
+            "that the server is running and reachable from this computer."
+        ) from exc
+    except requests.exceptions.RequestException as exc:
+        raise PacsError(f"Could not {action} on the PACS at {url} ({_reason(exc)}).") from exc
 
 
 def _cut_short(study_uid: str, received: int | None, expected: int | None) -> str:

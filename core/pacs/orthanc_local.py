@@ -194,7 +194,9 @@ class LocalOrthanc:
 
     def delete_all(self) -> None:
         """Remove every patient (a clean server between tests)."""
-        for pid in self.get_json("/patients"):  # type: ignore[union-attr]
+        patients = self.get_json("/patients")
+        assert isinstance(patients, list)
+        for pid in patients:
             with self._open(self._request(f"/patients/{pid}", method="DELETE")):
                 pass
 
