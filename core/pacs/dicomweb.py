@@ -126,11 +126,36 @@ class PacsSettings:
 
     def session(self) -> requests.Session:
         """An HTTP session with the login and the certificate check set."""
-        session = requests.Session()
+        session = _WildcardSession()
         if self.username:
             session.auth = (self.username, self.password)
         session.verify = self.ca_bundle or True
         return session
+
+
+class _WildcardSession(requests.Session):
+    """A session that keeps the hospital's CA file and sends QIDO-RS wildcards as themselves.
+
+    requests percent-encodes ``*`` and ``?`` (``%2A``, ``%3F``), which the standard allows,
+    but Orthanc's DICOMweb plugin (Debian's 1.7) does not decode query values, so ``*HEAD*``
+    would match nothing. Both characters are legal unencoded in a query (RFC 3986), so every
+    server reads the literal form the same way.
+    """
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        prepared = super().prepare_request(request)
+        if prepared.url and "?" in prepared.url:
+            path, query = prepared.url.split("?", 1)
+            prepared.url = path + "?" + query.replace("%2A", "*").replace("%3F", "?")
+        return prepared
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: ANN001
+        """The CA file given for this PACS wins over ``$REQUESTS_CA_BUNDLE`` (requests would
+        otherwise prefer the environment's and refuse the hospital's certificate)."""
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if isinstance(self.verify, str):
+            settings["verify"] = self.verify
+        return settings
 
 
 @dataclass(frozen=True)
@@ -204,8 +229,11 @@ class DicomWebSource:
                 f"{date_to.strftime('%Y%m%d') if date_to else ''}"
             )
         if description:
-            text = description.strip()
-            filters["StudyDescription"] = text if "*" in text or "?" in text else f"*{text}*"
+            # A space is matched by '?' (any one character): Orthanc's plugin does not decode
+            # an encoded space either (see _WildcardSession).
+            text = "?".join(description.split())
+            wildcards = "*" in description or "?" in description
+            filters["StudyDescription"] = text if wildcards else f"*{text}*"
         with self._errors("search for studies"):
             found = self.client.search_for_studies(
                 search_filters=filters, fields=list(_STUDY_FIELDS), limit=limit, offset=offset

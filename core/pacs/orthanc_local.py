@@ -4,7 +4,9 @@ Why: the DICOMweb code is only worth something against a real server. Debian's `
 ``orthanc-dicomweb`` packages give one; this module starts it on the loopback interface with a
 configuration and storage of its own (a temporary folder unless one is given), on a free port
 (no clash with another Orthanc or another test run), with the DICOMweb plugin loaded, its DICOM
-network port off, optionally behind a basic-auth user and HTTPS, and stops it cleanly.
+network port off, optionally behind a basic-auth user, and stops it cleanly. (HTTPS is left
+to a proxy in front, as hospitals usually do: Debian's Orthanc 1.10 resets TLS connections
+after the handshake with OpenSSL 3.)
 
 ``python -m core.pacs.orthanc_local [--port N] [--user U --password-env VAR] [--storage DIR]``
 prints the URLs and runs until Ctrl-C.
@@ -75,23 +77,20 @@ class LocalOrthanc:
     """One Orthanc process on 127.0.0.1. Use as a context manager, or ``start()``/``stop()``.
 
     ``url`` is the server's REST root, ``dicomweb_url`` its DICOMweb root. With ``username``
-    every request needs basic auth; with ``tls_pem`` (certificate and key in one PEM file)
-    it speaks HTTPS only.
+    every request needs basic auth.
     """
 
     storage: Path | None = None  # None: a temporary folder, removed on stop
     port: int | None = None  # None: a free one
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-    tls_pem: Path | None = None
     stable_age_s: int = DEFAULT_STABLE_AGE
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.tls_pem else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def dicomweb_url(self) -> str:
@@ -118,9 +117,6 @@ class LocalOrthanc:
         }
         if self.username:
             cfg["RegisteredUsers"] = {self.username: self.password or ""}
-        if self.tls_pem:
-            cfg["SslEnabled"] = True
-            cfg["SslCertificate"] = str(self.tls_pem)
         return cfg
 
     def start(self, timeout_s: float = 30.0) -> LocalOrthanc:
@@ -175,12 +171,7 @@ class LocalOrthanc:
         return req
 
     def _open(self, req: urllib.request.Request, timeout: float = 60.0):  # noqa: ANN202
-        context = None
-        if self.tls_pem:
-            import ssl
-
-            context = ssl.create_default_context(cafile=str(self.tls_pem))
-        return urllib.request.urlopen(req, timeout=timeout, context=context)
+        return urllib.request.urlopen(req, timeout=timeout)
 
     def get_json(self, path: str) -> object:
         """GET one REST resource of this server (its own API, not DICOMweb)."""

@@ -188,7 +188,7 @@ def read_findings(data: bytes) -> dict[str, float | str | None]:
             out["volume_ml"] = float(m.value)
     for q in group.get_qualitative_evaluations():
         if q.name.value == STUDY_CALL.value:
-            out["call"] = str(q.ConceptCodeSequence[0].CodeMeaning)
+            out["call"] = str(getattr(q.value, "meaning", q.value))
     texts: dict[str, list[str]] = {}
     for item in group[0].ContentSequence:
         if item.ValueType == "TEXT":
