@@ -79,19 +79,25 @@ class Watcher:
         """Handle every arrival since the saved position, then retry failed studies; the
         count of studies by outcome. Raises PacsError when the feed itself cannot be read."""
         outcomes: Counter[str] = Counter()
+        handled: set[str] = set()
         since = self.state.cursor(self.feed.key)
         for arrival in self.feed.arrivals(since):
             if should_stop():
                 return outcomes
-            if arrival.study_instance_uid is not None:
-                outcome = self.handle(arrival.study_instance_uid)
+            uid = arrival.study_instance_uid
+            if uid is not None and uid not in handled:
+                handled.add(uid)
+                outcome = self.handle(uid)
                 if outcome is not None:
                     outcomes[outcome.status] += 1
             if arrival.position is not None:
                 self.state.set_cursor(self.feed.key, arrival.position)
+        # Failed at an earlier poll: try again (a study that failed just now waits a poll).
         for uid in self.state.to_retry(self.weights, self.max_attempts):
             if should_stop():
                 break
+            if uid in handled:
+                continue
             outcome = self.handle(uid)
             if outcome is not None:
                 outcomes[outcome.status] += 1
@@ -137,7 +143,7 @@ class Watcher:
                 patient,
                 record.attempts,
                 self.max_attempts,
-                str(exc) if isinstance(exc, ICHError) else type(exc).__name__,
+                _short(exc) if isinstance(exc, ICHError) else type(exc).__name__,
             )
             log.debug("details", exc_info=True)
             return record
