@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # works installed 
 from core.errors import ICHError  # noqa: E402
 from dashboard import resources  # noqa: E402
 from dashboard.state import session  # noqa: E402
-from dashboard.views import intake, model_card, reports, review, viewer, worklist  # noqa: E402
+from dashboard.views import intake, model_card, pacs, reports, review, viewer, worklist  # noqa: E402
 from dashboard.views import patient as patient_view  # noqa: E402
 
 st.set_page_config(page_title="ICH review", page_icon="🧠", layout="wide")
@@ -24,6 +24,7 @@ sess = session()
 try:
     store = resources.current_store()
     names = resources.current_pseudonyms()
+    watch_state = resources.current_watch_state()
 except ICHError as exc:  # the data folder or the database cannot be used: say so, in words
     st.error(str(exc))
     st.stop()
@@ -33,8 +34,11 @@ with st.sidebar:
     st.title("ICH review")
     model_card.render(predictor, model_message)
     intake.render(sess)
+    pacs_source = pacs.render(sess, predictor, names, watch_state)
 
-worklist.render(sess, store, names, predictor.study_threshold if predictor is not None else None)
+watched = {s.study_instance_uid for s in watch_state.all() if s.status == "scored"}
+threshold = predictor.study_threshold if predictor is not None else None
+worklist.render(sess, store, names, threshold, watched)
 study = sess.studies.get(sess.open_uid) if sess.open_uid else None
 scoring_slot = None  # where the open study's probabilities will appear
 if study is not None:
@@ -46,6 +50,8 @@ if study is not None:
     review.render(sess, store, names, study, prediction)
     reports.render(sess, store, study, prediction, predictor, patient)
 elif sess.open_uid:
+    if pacs_source is not None and sess.open_uid in watched:
+        pacs.render_fetch(sess, pacs_source, sess.open_uid)
     review.render_saved(store, sess.open_uid)
 
 if predictor is not None and sess.pending:

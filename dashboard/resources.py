@@ -20,6 +20,7 @@ from core.imaging.windowing import apply_window
 from core.inference.predictor import Predictor
 from core.model.checkpoint import DEFAULT_WEIGHTS_DIR
 from core.model.gradcam import Heatmap
+from core.pacs.watch_state import STATE_NAME, WatchState
 from core.review.pseudonym import Pseudonymizer, for_installation
 from core.review.store import DB_NAME, ReviewStore, data_dir
 from dashboard.components.slice_viewer import data_url
@@ -47,6 +48,16 @@ def review_store(folder: Path) -> ReviewStore:
 
 def current_store() -> ReviewStore:
     return review_store(data_dir())
+
+
+@st.cache_resource
+def watch_state(folder: Path) -> WatchState:
+    """What the PACS watcher (python -m core.watch) did, read from the same data folder."""
+    return WatchState(folder / STATE_NAME)
+
+
+def current_watch_state() -> WatchState:
+    return watch_state(data_dir())
 
 
 @st.cache_resource

@@ -18,6 +18,7 @@ class Session:
     pending: list[str] = field(default_factory=list)  # uids waiting for the model
     messages: list[tuple[str, str, str]] = field(default_factory=list)  # (source, level, text)
     seen_uploads: set[str] = field(default_factory=set)
+    from_pacs: set[str] = field(default_factory=set)  # uids fetched from the PACS
     open_uid: str | None = None
     show_identity: bool = False
     reviewer: str = ""

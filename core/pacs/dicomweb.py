@@ -124,6 +124,28 @@ class PacsSettings:
             ca_bundle=env.get(ENV_CA) or None,
         )
 
+    @classmethod
+    def from_settings(
+        cls, env: Mapping[str, str] | None = None, secrets: Mapping[str, object] | None = None
+    ) -> PacsSettings | None:
+        """The environment's settings, else the ``[pacs]`` table of the dashboard's
+        ``.streamlit/secrets.toml`` (keys ``url``, ``username``, ``password``, ``ca_bundle``);
+        None when neither names a server.
+
+        >>> PacsSettings.from_settings({}, {"url": "http://pacs:8042/dicom-web"}).url
+        'http://pacs:8042/dicom-web'
+        """
+        found = cls.from_env(env)
+        if found is not None or not secrets or not str(secrets.get("url", "")).strip():
+            return found
+        ca = secrets.get("ca_bundle")
+        return cls(
+            str(secrets["url"]),
+            username=str(secrets.get("username", "")),
+            password=str(secrets.get("password", "")),
+            ca_bundle=str(ca) if ca else None,
+        )
+
     def session(self) -> requests.Session:
         """An HTTP session with the login and the certificate check set."""
         session = _WildcardSession()

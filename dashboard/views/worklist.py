@@ -3,6 +3,8 @@ first; selecting a row opens the study."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import streamlit as st
 
 from core.review.pseudonym import Pseudonymizer
@@ -12,9 +14,14 @@ from dashboard.state import Session
 
 
 def render(
-    sess: Session, store: ReviewStore, names: Pseudonymizer, threshold: float | None = None
+    sess: Session,
+    store: ReviewStore,
+    names: Pseudonymizer,
+    threshold: float | None = None,
+    watched: Collection[str] = (),
 ) -> None:
-    """``threshold``: the model's operating point for the study P(any) (from its card), or None."""
+    """``threshold``: the model's operating point for the study P(any) (from its card), or None;
+    ``watched``: studies the PACS watcher scored (their images are on the PACS)."""
     head = st.columns([4, 2, 2])
     head[0].subheader("Worklist")
     # Read before the rows are built, so that the rows follow the toggle in the same click.
@@ -39,7 +46,7 @@ def render(
         key="export-worklist",
     )
     if not entries:
-        st.info("Upload a DICOM zip or open the demo study to begin.")
+        st.info("Upload a DICOM zip, open the demo study or a study from the PACS to begin.")
         return
     table = {
         "Patient": [e.patient for e in entries],
@@ -56,7 +63,18 @@ def render(
             f"{e.top_subtype} {e.p_top_subtype:.2f}" if e.top_subtype else "—" for e in entries
         ],
         "Review": [e.review for e in entries],
-        "Images": ["open" if e.in_session else "upload again" for e in entries],
+        "Source": [
+            "PACS watcher"
+            if e.study_instance_uid in watched
+            else ("PACS" if e.study_instance_uid in sess.from_pacs else "upload")
+            for e in entries
+        ],
+        "Images": [
+            "open"
+            if e.in_session
+            else ("fetch from PACS" if e.study_instance_uid in watched else "upload again")
+            for e in entries
+        ],
     }
     event = st.dataframe(
         table,
