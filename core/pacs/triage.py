@@ -69,19 +69,29 @@ class Scored:
 
 
 def score(study: Study, predictor: Predictor) -> Scored:
-    """Probabilities of the default series and the bleed estimate."""
+    """Probabilities of the default series and, where it is worth its cost, the bleed estimate.
+
+    A model with the segmentation head gives the bleed map in the same pass, so the estimate
+    is always made. Without one, the fallback runs Grad-CAM on up to 24 slices (tens of
+    seconds on a CPU): a watcher working through a queue makes it only for studies flagged at
+    the card's operating threshold, where the volume matters.
+    """
     start = time.perf_counter()
     prediction = predictor.predict(study)
     series = study.series_by_uid(prediction.series_instance_uid)
-    estimate = predictor.localise(series, prediction)
+    threshold = predictor.study_threshold
+    flagged = threshold is not None and prediction.study_scores["any"] >= threshold
+    estimate = (
+        predictor.localise(series, prediction) if predictor.has_bleed_map or flagged else None
+    )
     result = TriageResult(
         study_instance_uid=study.study_instance_uid,
         series_instance_uid=prediction.series_instance_uid,
         weights_identity=predictor.weights_identity,
         n_slices=series.n_slices,
         study_scores=dict(prediction.study_scores),
-        threshold=predictor.study_threshold,
-        volume_ml=float(estimate.volume_ml),
+        threshold=threshold,
+        volume_ml=float(estimate.volume_ml) if estimate is not None else None,
         seconds=time.perf_counter() - start,
     )
     return Scored(study, prediction, estimate, result)

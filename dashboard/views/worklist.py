@@ -76,6 +76,11 @@ def render(
             for e in entries
         ],
     }
+    from_watcher = sum(e.study_instance_uid in watched for e in entries)
+    st.caption(
+        f"{len(entries)} {'study' if len(entries) == 1 else 'studies'}"
+        + (f" · {from_watcher} scored on arrival by the PACS watcher" if from_watcher else "")
+    )
     event = st.dataframe(
         table,
         hide_index=True,
