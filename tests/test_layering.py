@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "core"
-ROOMS = ("dicom", "imaging", "model", "inference", "review", "reports", "training")
+ROOMS = ("dicom", "imaging", "model", "inference", "review", "reports", "pacs", "training")
 #: What each room may import besides the base modules (labels, errors, notice).
 ALLOWED = {
     "dicom": set(),
@@ -18,6 +18,7 @@ ALLOWED = {
     "inference": {"dicom", "imaging", "model"},
     "review": {"dicom", "imaging", "model", "inference"},
     "reports": {"dicom", "imaging", "model", "inference", "review"},
+    "pacs": {"dicom", "imaging", "model", "inference", "review", "reports"},
     "training": {"dicom", "imaging", "model", "inference"},
 }
 IMPORT = re.compile(r"^\s*(?:from|import)\s+core\.(\w+)", re.MULTILINE)
