@@ -46,7 +46,7 @@ def render(
         key="export-worklist",
     )
     if not entries:
-        st.info("Upload a DICOM zip, open the demo study or a study from the PACS to begin.")
+        st.info("Upload a DICOM zip or open the demo study to begin.")
         return
     table = {
         "Patient": [e.patient for e in entries],
