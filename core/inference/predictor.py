@@ -46,6 +46,14 @@ from core.imaging.volume import (
     measure,
 )
 from core.imaging.windowing import model_input
+from core.inference.openvino_backend import (
+    AUTO,
+    OPENVINO,
+    TORCH,
+    OpenVinoEngine,
+    open_engine,
+    requested_backend,
+)
 from core.labels import LABELS
 from core.model.bleed_map import has_bleed_map
 from core.model.checkpoint import (
@@ -177,6 +185,7 @@ class InferenceTiming:
     batch_size: int
     device: str
     cached: bool
+    backend: str = "torch fp32"
 
     @property
     def outside_forward_share(self) -> float:
@@ -417,6 +426,13 @@ class Predictor:
     core; bf16 and torch.compile are deliberately not used there (bf16 was measured about
     100x slower on CPUs without bf16 units; compiling takes minutes). On a GPU the forward
     pass runs under fp16 autocast (``half=False`` to turn it off).
+
+    ``backend`` ('torch', 'openvino' or 'auto'; default ``$ICH_BACKEND``, else 'auto') picks
+    what runs the forward pass on the CPU: with 'openvino' or 'auto' the network is compiled by
+    OpenVINO (core.inference.openvino_backend) at the fastest precision this CPU offers that
+    passes the load check (``precision`` forces one: 'bf16' or 'f32'); if that fails, torch
+    runs it and one log line says why. torch stays the reference, and Grad-CAM always runs in
+    torch. ``backend_name`` says what is actually used.
     """
 
     def __init__(
@@ -428,6 +444,8 @@ class Predictor:
         half: bool | None = None,
         cache: ResultCache | None = None,
         use_context: bool = True,
+        backend: str | None = None,
+        precision: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -455,6 +473,40 @@ class Predictor:
         )
         #: Timing of the latest predict call of this Predictor (any thread).
         self.last_timing: InferenceTiming | None = None
+        #: The OpenVINO engine running the forward pass, or None when torch runs it.
+        self.engine: OpenVinoEngine | None = self._open_engine(backend, precision)
+
+    def _open_engine(self, backend: str | None, precision: str | None) -> OpenVinoEngine | None:
+        """OpenVINO for the forward pass where asked (or 'auto') and possible; else None, with
+        one log line saying why torch runs it instead."""
+        wanted = requested_backend(backend)
+        if wanted == TORCH:
+            return None
+        if self.device != "cpu":
+            if wanted == OPENVINO:
+                log.warning("OpenVINO runs on the CPU only; scoring with torch on %s", self.device)
+            return None
+        try:
+            engine = open_engine(self.loaded, self.model, precision)
+        except Exception as exc:  # any failure means: torch instead
+            level = logging.INFO if wanted == AUTO else logging.WARNING
+            log.log(level, "OpenVINO not used (%s); scoring with torch fp32", exc)
+            return None
+        log.info(
+            "forward pass on %s (%d streams, %d threads; load check max |dp| %.2g)",
+            engine.name,
+            engine.streams,
+            engine.threads,
+            engine.check.max_dp if engine.check else float("nan"),
+        )
+        return engine
+
+    @property
+    def backend_name(self) -> str:
+        """What runs the forward pass, for people: 'OpenVINO 2026.4.1 bf16', 'torch fp32'..."""
+        if self.engine is not None:
+            return self.engine.name
+        return f"torch {'fp16' if self.half else 'fp32'}"
 
     @classmethod
     def from_default(
@@ -463,6 +515,7 @@ class Predictor:
         *,
         weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        backend: str | None = None,
     ) -> Predictor:
         """The installed model (newest card in ``weights_dir``); ModelError when there is none."""
         card = find_default_checkpoint(weights_dir)
@@ -474,21 +527,27 @@ class Predictor:
                 "not available until then."
             )
         resolved = resolve_device(device)
-        return cls(load_checkpoint(card, device=resolved), device=resolved, batch_size=batch_size)
+        return cls(
+            load_checkpoint(card, device=resolved),
+            device=resolved,
+            batch_size=batch_size,
+            backend=backend,
+        )
 
     @property
     def weights_identity(self) -> str:
         return self.loaded.weights_identity
 
     def cache_key(self, series: Series) -> tuple[Hashable, ...]:
-        """Pixels × weights (plus what else changes the numbers: input size, windows, fp16)."""
+        """Pixels × weights (plus what else changes the numbers: input size, windows, the
+        backend and its precision)."""
         return (
             series.pixel_hash,
             self.weights_identity,
             self.spec.input_size,
             self.spec.windows,
             self.temperature,
-            "fp16" if self.half else "fp32",
+            self.backend_name,
         )
 
     def warm_up(self) -> None:
@@ -536,14 +595,16 @@ class Predictor:
             batch_size=self.batch_size,
             device=self.device,
             cached=cached,
+            backend=self.backend_name,
         )
         if not cached:
             log.info(
-                "scored %d slices in %.2f s (%.0f%% in the network) on %s",
+                "scored %d slices in %.2f s (%.0f%% in the network) on %s, %s",
                 n,
                 seconds,
                 100 * forward_s / seconds if seconds else 0,
                 self.device,
+                self.backend_name,
             )
         return _build_prediction(
             series,
@@ -644,6 +705,14 @@ class Predictor:
         return self._forward(x, with_map=self.has_bleed_map)
 
     def _forward(self, x: torch.Tensor, with_map: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        t = torch.tensor(self.temperature, dtype=torch.float32)
+        if self.engine is not None:
+            with self.lock:
+                logits_np, map_np = self.engine.infer(x.cpu().numpy())
+            probs = torch.sigmoid(torch.from_numpy(logits_np) / t)
+            if with_map and map_np is not None:
+                return probs, torch.sigmoid(torch.from_numpy(map_np))[:, 0]
+            return probs, None
         x = x.to(self.device, non_blocking=True)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
         with self.lock, torch.inference_mode(), autocast:
@@ -654,8 +723,7 @@ class Predictor:
             else:
                 logits = self.model(x)
             logits = logits.float()
-            t = torch.tensor(self.temperature, dtype=torch.float32, device=logits.device)
-            return torch.sigmoid(logits / t).cpu(), bleed
+            return torch.sigmoid(logits / t.to(logits.device)).cpu(), bleed
 
     # ----------------------------------------------------------------------- internals
 
@@ -673,7 +741,8 @@ class Predictor:
         for lo in range(0, n, self.batch_size):
             hi = min(n, lo + self.batch_size)
             x = model_input(series.hu[lo:hi], self.spec.input_size, self.spec.windows)
-            x = x.contiguous(memory_format=torch.channels_last)
+            if self.engine is None:  # OpenVINO takes the plain (NCHW) layout
+                x = x.contiguous(memory_format=torch.channels_last)
             t = time.perf_counter()
             probs, bleed = self.forward_with_map(x)
             forward_s += time.perf_counter() - t
