@@ -9,11 +9,15 @@ core.imaging.windowing, against a plain loop: pydicom.dcmread of each file in tu
 slice.
 
 infer: the inference engine as the app uses it (core.inference.predictor.Predictor on a loaded
-Study: batched, channels_last, inference_mode, all cores, input at the model's size) against a
-seed-style loop measured in the same run on the same weights: files read one by one, HU and
-three windows in numpy at the full 512×512, fp32, batch 1, NCHW, one forward per slice under
-no_grad. No trained weights are needed: an untrained network is saved to a temporary
-checkpoint and loaded through the normal path, so the numbers are timing only.
+Study: batched, all cores, input at the model's size), once per backend in the same run: torch
+fp32 (the reference) and every OpenVINO precision this CPU offers (bf16 only where it has bf16
+units); for each, the engine over the N smallest studies, one 36-slice study end to end (zip
+bytes → every probability and the bleed map) and the largest difference from torch fp32. All
+against a seed-style loop measured in the same run on the same weights: files read one by one,
+HU and three windows in numpy at the full 512×512, fp32, batch 1, NCHW, one forward per slice
+under no_grad. The CPU's model, the flags that decide its precisions and the load average are
+printed first: the figures only mean something beside them. By default the installed model
+runs (``--weights untrained`` for a random network of ``--arch``/``--size``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +41,22 @@ from PIL import Image
 
 from core.dicom.study import load_studies
 from core.imaging.windowing import BRAIN, MODEL_WINDOWS, apply_window, model_input
-from core.inference.predictor import Predictor, ResultCache, usable_cpus
-from core.model.checkpoint import BUILDERS, ModelSpec, build_model, load_checkpoint, save_checkpoint
+from core.inference.openvino_backend import available_precisions
+from core.inference.predictor import (
+    Predictor,
+    ResultCache,
+    cpu_flags,
+    cpu_has_bf16,
+    usable_cpus,
+)
+from core.model.checkpoint import (
+    BUILDERS,
+    ModelSpec,
+    build_model,
+    find_default_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODEL_SIZE = 256
@@ -142,66 +161,197 @@ def infer_baseline(paths: list[Path], model: torch.nn.Module, limit: int) -> tup
 
 def _untrained_checkpoint(arch: str, size: int, directory: str) -> Path:
     torch.manual_seed(0)
-    spec = ModelSpec(arch, size)
+    spec = ModelSpec(arch, size, bleed_map=True)
     model = build_model(spec)
     card = {"training_data": "none: untrained weights written by core.bench, timing only"}
     return save_checkpoint(model, spec, directory, "bench-untrained", card)
 
 
-def bench_infer(args: argparse.Namespace) -> None:
-    zips = sorted(_zips(args.data), key=lambda p: p.stat().st_size)[: args.studies]
-    with tempfile.TemporaryDirectory(prefix="ich-bench-") as tmp:
-        card = _untrained_checkpoint(args.arch, args.size, tmp)
-        predictor = Predictor(
-            load_checkpoint(card),
-            device=args.device,
-            batch_size=args.batch_size,
-            cache=ResultCache(),
-        )
-        baseline_model = load_checkpoint(card).model  # its own copy: NCHW, fp32, CPU
-    print(
-        f"infer benchmark: {len(zips)} smallest studies under {args.data}, "
-        f"{args.arch} at {args.size} px, batch {args.batch_size}, {predictor.device}, "
-        f"{torch.get_num_threads()} threads ({usable_cpus()} usable CPUs), best of {args.repeat}"
-    )
-    print(
-        "  untrained weights, timing only: a randomly initialised network saved to a temporary "
-        "checkpoint and loaded through core.model.checkpoint.load_checkpoint"
-    )
-    if hasattr(os, "getloadavg"):
-        print(
-            f"  load average at start: {os.getloadavg()[0]:.2f} "
-            "(other work on these CPUs slows every figure below)"
-        )
-    predictor.warm_up()
+#: CPU flags that decide which precisions are fast.
+FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
 
-    best: tuple[float, float, float, int] | None = None  # load, predict, forward, slices
+
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it ('unknown' elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _load_average() -> str:
+    if not hasattr(os, "getloadavg"):
+        return "n/a"
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+@dataclass(frozen=True)
+class BackendRun:
+    """One backend's figures: start-up, the engine over the studies, one study end to end."""
+
+    name: str
+    start_s: float  # Predictor construction (conversion or cached IR, compile, load check)
+    load_s: float
+    predict_s: float
+    forward_s: float
+    n: int
+    study_s: float  # zip bytes -> probabilities and bleed map of the 36-slice study
+    study_slices: int
+    probs: np.ndarray  # every slice of every study, in order (for the agreement figures)
+    maps: np.ndarray | None
+
+    @property
+    def engine_ms(self) -> float:
+        return 1000 * self.predict_s / self.n
+
+    @property
+    def e2e_ms(self) -> float:
+        return 1000 * (self.load_s + self.predict_s) / self.n
+
+    @property
+    def forward_ms(self) -> float:
+        return 1000 * self.forward_s / self.n
+
+
+def _run_backend(
+    loaded_card: Path,
+    zips: list[Path],
+    study_bytes: bytes,
+    args: argparse.Namespace,
+    backend: str,
+    precision: str | None,
+) -> tuple[Predictor, BackendRun]:
+    t = time.perf_counter()
+    predictor = Predictor(
+        load_checkpoint(loaded_card),
+        device=args.device,
+        batch_size=args.batch_size,
+        cache=ResultCache(),
+        backend=backend,
+        precision=precision,
+    )
+    start_s = time.perf_counter() - t
+    if backend == "openvino" and predictor.engine is None:
+        raise SystemExit(f"OpenVINO {precision} did not load (see the log line above)")
+    predictor.warm_up()
+    best: tuple[float, float, float, int, list[np.ndarray], list[np.ndarray]] | None = None
     for _ in range(args.repeat):
         predictor.cache.clear()
         load_s = predict_s = forward_s = 0.0
         n = 0
+        probs: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
         for path in zips:
             t = time.perf_counter()
             studies = load_studies(path)
             load_s += time.perf_counter() - t
             for study in studies:
-                predictor.predict(study)
+                prediction = predictor.predict(study)
                 timing = predictor.last_timing
                 assert timing is not None and not timing.cached
                 predict_s += timing.total_s
                 forward_s += timing.forward_s
                 n += timing.n_slices
+                probs.append(np.asarray(prediction.probs))
+                if prediction.bleed_map is not None:
+                    maps.append(np.asarray(prediction.bleed_map, dtype=np.float32))
         if best is None or load_s + predict_s < best[0] + best[1]:
-            best = (load_s, predict_s, forward_s, n)
+            best = (load_s, predict_s, forward_s, n, probs, maps)
     assert best is not None
-    load_s, predict_s, forward_s, n = best
-    engine_ms = 1000 * predict_s / n
-    e2e_ms = 1000 * (load_s + predict_s) / n
-    forward_ms = 1000 * forward_s / n
-    outside = 1 - forward_s / predict_s
-    outside_e2e = 1 - forward_s / (load_s + predict_s)
+    study_s = float("inf")
+    study_slices = 0
+    for _ in range(args.repeat):
+        predictor.cache.clear()
+        t = time.perf_counter()
+        (study,) = load_studies(study_bytes)
+        prediction = predictor.predict(study)
+        study_s = min(study_s, time.perf_counter() - t)
+        study_slices = len(prediction.slices)
+        assert prediction.bleed_map is not None or not predictor.has_bleed_map
+    load_s, predict_s, forward_s, n, probs, maps = best
+    run = BackendRun(
+        predictor.backend_name,
+        start_s,
+        load_s,
+        predict_s,
+        forward_s,
+        n,
+        study_s,
+        study_slices,
+        np.concatenate(probs),
+        np.concatenate(maps) if maps else None,
+    )
+    return predictor, run
 
-    # Baseline: warmed up with one untimed slice, like the engine.
+
+def _study_of(zips: list[Path], slices: int) -> Path:
+    """The first study zip with ``slices`` slices (else the one closest to it)."""
+
+    def count(p: Path) -> int:
+        with zipfile.ZipFile(p) as zf:
+            return sum(1 for i in zf.infolist() if not i.is_dir())
+
+    return min(zips, key=lambda p: (abs(count(p) - slices), p.name))
+
+
+def bench_infer(args: argparse.Namespace) -> None:
+    all_zips = _zips(args.data)
+    zips = sorted(all_zips, key=lambda p: p.stat().st_size)[: args.studies]
+    study_zip = _study_of(all_zips, args.study_slices)
+    precisions = available_precisions() if "openvino" in args.backends else ()
+    with tempfile.TemporaryDirectory(prefix="ich-bench-") as tmp:
+        if args.weights == "untrained":
+            card = _untrained_checkpoint(args.arch, args.size, tmp)
+            what = (
+                f"untrained {args.arch} at {args.size} px with the bleed-map head: a randomly "
+                "initialised network saved to a temporary checkpoint (timing; agreement on "
+                "random weights)"
+            )
+        else:
+            card = Path(args.weights) if args.weights else find_default_checkpoint()  # type: ignore[assignment]
+            if card is None:
+                raise SystemExit("no installed model: pass --weights CARD.json or untrained")
+            what = f"the model {card.stem}"
+        flags = cpu_flags()
+        print(f"infer benchmark: {what}")
+        print(f"  CPU: {cpu_model()}; {usable_cpus()} usable CPUs")
+        print(
+            "  flags that matter: "
+            + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in FLAGS_THAT_MATTER)
+        )
+        print(
+            f"  load average (1, 5, 15 min) at start: {_load_average()} (a shared machine: other "
+            "work on these CPUs slows every figure below)"
+        )
+        print(
+            f"  studies: the {len(zips)} smallest zips under {args.data} "
+            f"({', '.join(p.stem for p in zips)}); the end-to-end study: {study_zip.stem}; "
+            f"batch {args.batch_size}; best of {args.repeat}"
+        )
+        study_bytes = study_zip.read_bytes()
+        configs: list[tuple[str, str | None]] = []
+        if "torch" in args.backends:
+            configs.append(("torch", None))
+        configs += [("openvino", p) for p in precisions]
+        runs: list[BackendRun] = []
+        torch_predictor: Predictor | None = None
+        for backend, precision in configs:
+            predictor, run = _run_backend(card, zips, study_bytes, args, backend, precision)
+            runs.append(run)
+            if backend == "torch":
+                torch_predictor = predictor
+            else:
+                del predictor
+        baseline_model = load_checkpoint(card).model  # its own copy: NCHW, fp32, CPU
+    print(
+        f"  torch threads: {torch.get_num_threads()}; OpenVINO precisions offered here: "
+        f"{', '.join(precisions) or 'none'}"
+    )
+
+    # Baseline: warmed up with one untimed slice, like the engines.
     infer_baseline(zips, baseline_model, 1)
     base_n, base_s = min(
         (infer_baseline(zips, baseline_model, args.baseline_slices) for _ in range(args.repeat)),
@@ -210,8 +360,54 @@ def bench_infer(args: argparse.Namespace) -> None:
     base_ms = 1000 * base_s / base_n
     del baseline_model
 
-    # Grad-CAM on a few slices of the first study vs one batch-1 forward at the engine's size.
-    series = load_studies(zips[0])[0].default_series
+    def line(label: str, value: str, target: str = "", ok: bool = True) -> None:
+        verdict = f"   (target {target}: {'met' if ok else 'MISSED'})" if target else ""
+        print(f"  {label + ':':<64} {value}{verdict}")
+
+    reference = runs[0] if configs and configs[0][0] == "torch" else None
+    fold = 25 if cpu_has_bf16() else 8
+    print(f"  slices scored by each engine: {runs[0].n if runs else 0}")
+    for run in runs:
+        print(f"  [{run.name}]")
+        line("start (load, convert or cached IR, compile, load check)", f"{run.start_s:8.2f} s")
+        line(
+            "engine, model side (Study in memory -> probabilities)",
+            f"{run.engine_ms:8.1f} ms/slice",
+        )
+        line("engine, end to end (load_studies + predict)", f"{run.e2e_ms:8.1f} ms/slice")
+        line("model forward only, inside the engine", f"{run.forward_ms:8.1f} ms/slice")
+        line(
+            f"one {run.study_slices}-slice study: zip bytes -> probabilities + bleed map",
+            f"{1000 * run.study_s:8.0f} ms",
+        )
+        line(
+            "ratio baseline / engine, end to end",
+            f"{base_ms / run.e2e_ms:8.2f}x",
+            f">= {fold}x ({'bf16 units' if fold == 25 else 'no bf16 units'})",
+            base_ms / run.e2e_ms >= fold,
+        )
+        if reference is not None and run is not reference:
+            dp = float(np.abs(run.probs - reference.probs).max())
+            line("max |dp| vs torch fp32, every slice and label", f"{dp:8.4f}")
+            if run.maps is not None and reference.maps is not None:
+                dm = float(np.abs(run.maps - reference.maps).max())
+                line("max |d bleed-map p| vs torch fp32, every cell", f"{dm:8.4f}")
+    base_name = f"baseline (dcmread per file, 512x512, fp32, batch 1, NCHW), {base_n} slices"
+    line(base_name, f"{base_ms:8.1f} ms/slice")
+    print(
+        "    (the baseline runs after the engines' process setup, threads and allocator, so "
+        "the ratio is not flattered by that setup)"
+    )
+    if torch_predictor is not None:
+        _bench_gradcam(torch_predictor, zips[0], args, line)
+
+
+def _bench_gradcam(
+    predictor: Predictor, path: Path, args: argparse.Namespace, line: Callable[..., None]
+) -> None:
+    """Grad-CAM (torch, always) on a few slices vs one batch-1 torch forward."""
+    series = load_studies(path)[0].default_series
+    size = predictor.spec.input_size
     picks = np.linspace(0, series.n_slices - 1, args.cam_slices).round().astype(int).tolist()
     predictor.explain(series, picks[0], "any")  # warm-up
     cam_times = []
@@ -220,43 +416,14 @@ def bench_infer(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         predictor.explain(series, i, "any")
         cam_times.append(time.perf_counter() - t)
-        x = model_input(series.hu[i : i + 1], args.size, predictor.spec.windows)
+        x = model_input(series.hu[i : i + 1], size, predictor.spec.windows)
         t = time.perf_counter()
         predictor.forward(x.contiguous(memory_format=torch.channels_last))
         fwd_times.append(time.perf_counter() - t)
     cam_ms = 1000 * statistics.median(cam_times)
     fwd1_ms = 1000 * statistics.median(fwd_times)
-
-    def line(label: str, value: str, target: str = "", ok: bool = True) -> None:
-        verdict = f"   (target {target}: {'met' if ok else 'MISSED'})" if target else ""
-        print(f"  {label + ':':<60} {value}{verdict}")
-
-    base_name = f"baseline (dcmread per file, 512x512, fp32, batch 1, NCHW), {base_n} slices"
-    print(f"  slices scored by the engine: {n} ({', '.join(p.stem for p in zips)})")
-    line("engine, model side (Study in memory -> probabilities)", f"{engine_ms:8.1f} ms/slice")
-    line("engine, end to end (load_studies + predict)", f"{e2e_ms:8.1f} ms/slice")
-    line("model forward only, inside the engine", f"{forward_ms:8.1f} ms/slice")
-    line(
-        "share of time outside the forward, model side",
-        f"{100 * outside:8.1f} %",
-        "<= 20 %",
-        outside <= 0.20,
-    )
-    line("share of time outside the forward, end to end", f"{100 * outside_e2e:8.1f} %")
-    line(base_name, f"{base_ms:8.1f} ms/slice")
-    print(
-        "    (the baseline runs after the engine's process setup, threads and allocator, so "
-        "the ratio is not flattered by that setup)"
-    )
-    line(
-        "ratio baseline / engine, end to end",
-        f"{base_ms / e2e_ms:8.2f}x",
-        ">= 3x",
-        base_ms / e2e_ms >= 3,
-    )
-    line("ratio baseline / engine, model side", f"{base_ms / engine_ms:8.2f}x")
-    line(f"Grad-CAM of 'any', median of {len(picks)} slices", f"{cam_ms:8.1f} ms/slice")
-    line(f"one batch-1 forward at {args.size} px, median of {len(picks)}", f"{fwd1_ms:8.1f} ms")
+    line(f"Grad-CAM of 'any' (torch), median of {len(picks)} slices", f"{cam_ms:8.1f} ms/slice")
+    line(f"one batch-1 torch forward at {size} px, median of {len(picks)}", f"{fwd1_ms:8.1f} ms")
     line(
         "ratio Grad-CAM / batch-1 forward",
         f"{cam_ms / fwd1_ms:8.2f}x",
@@ -274,8 +441,24 @@ def main(argv: list[str] | None = None) -> int:
     infer.add_argument(
         "--arch", default="resnext101_32x4d", choices=[a for a in BUILDERS if a != "tiny"]
     )
-    infer.add_argument("--size", type=int, default=MODEL_SIZE, help="model input size (px)")
+    infer.add_argument(
+        "--weights",
+        help="model card (.json), or 'untrained' (--arch, --size); default: the installed model",
+    )
+    infer.add_argument(
+        "--size", type=int, default=160, help="input size (px) of an untrained model"
+    )
     infer.add_argument("--studies", type=int, default=2, help="the N smallest study zips")
+    infer.add_argument(
+        "--study-slices", type=int, default=36, help="slices of the end-to-end study"
+    )
+    infer.add_argument(
+        "--backends",
+        nargs="+",
+        choices=["torch", "openvino"],
+        default=["torch", "openvino"],
+        help="torch fp32 and/or every OpenVINO precision this CPU offers",
+    )
     infer.add_argument("--baseline-slices", type=int, default=16)
     infer.add_argument("--cam-slices", type=int, default=5)
     infer.add_argument("--batch-size", type=int, default=16)

@@ -129,7 +129,8 @@ def _validation_ids(args: argparse.Namespace, card: dict[str, Any], labels: dict
 def run(args: argparse.Namespace) -> dict[str, Any]:
     loaded: LoadedModel = load_checkpoint(args.weights, resolve_device(args.device))
     card = loaded.card.to_dict()
-    predictor = Predictor(loaded, args.device)
+    # Calibration fits the reference (torch fp32) logits: raw_logits reads the torch module.
+    predictor = Predictor(loaded, args.device, backend="torch")
     predictor.temperature = (1.0,) * len(LABELS)  # raw logits first; fitted below
 
     png_labels = read_challenge_labels(args.png_labels)

@@ -1,4 +1,5 @@
-"""``python -m core.predict STUDY.zip [...] [--json OUT] [--cam-dir DIR] [--report-dir DIR]``.
+"""``python -m core.predict STUDY.zip [...] [--json OUT] [--cam-dir DIR] [--report-dir DIR]
+[--backend torch|openvino|auto]``.
 
 Scores every study in the given zips or folders with the installed model (or ``--weights
 CARD.json``), prints one line per study, and can write per-slice probabilities as JSON and
@@ -31,6 +32,7 @@ from core.dicom.study import Study, load_studies
 from core.errors import ICHError, ModelError
 from core.imaging.volume import BleedEstimate
 from core.imaging.windowing import BRAIN
+from core.inference.openvino_backend import BACKEND_ENV, BACKENDS
 from core.inference.predictor import (
     IN_TRAINING_NOTE,
     STUDY_BY_CONTEXT,
@@ -122,7 +124,7 @@ def format_table(predictor: Predictor, rows: list[StudyPrediction]) -> str:
     head = f"{'StudyInstanceUID':<{width}}  Slices " + " ".join(f"{s:>6}" for s in SHORT_NAMES)
     lines = [
         f"Model {predictor.weights_identity} ({loaded.spec.arch}, "
-        f"{loaded.spec.input_size} px) on {predictor.device}. {NOTICE}",
+        f"{loaded.spec.input_size} px) on {predictor.device}, {predictor.backend_name}. {NOTICE}",
         # Said by the code that computed the scores (the engine's own description).
         f"Study-level probability: {rows[0].study_method if rows else STUDY_BY_MAX}.",
         head + "  Peak slice (any; 1 = first) · top subtype · ms/slice",
@@ -152,9 +154,11 @@ def _progress(label: str) -> Any:
 
 def _load_predictor(args: argparse.Namespace) -> Predictor:
     if args.weights is None:
-        return Predictor.from_default(args.device, batch_size=args.batch_size)
+        return Predictor.from_default(
+            args.device, batch_size=args.batch_size, backend=args.backend
+        )
     loaded = load_checkpoint(args.weights)
-    return Predictor(loaded, args.device, batch_size=args.batch_size)
+    return Predictor(loaded, args.device, batch_size=args.batch_size, backend=args.backend)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: a GPU if present")
     parser.add_argument("--weights", type=Path, help="model card (.json); default: installed")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help=f"what runs the network on the CPU (default: ${BACKEND_ENV}, else auto: OpenVINO "
+        "where it loads and passes its check, else torch)",
+    )
     parser.add_argument(
         "--no-volume", action="store_true", help="skip the bleed mask and volume estimate"
     )
@@ -269,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "input_size": predictor.spec.input_size,
         },
         "device": predictor.device,
+        "backend": predictor.backend_name,
         "labels": list(LABELS),
         "study_score": (
             "'any': " + STUDY_BY_CONTEXT + "; subtypes: maximum of their refined slice "

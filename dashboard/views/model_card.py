@@ -28,7 +28,8 @@ def render(predictor: Predictor | None, message: str) -> None:
             "Slice probabilities are refined by the slice-context model (neighbouring slices); "
             "the study's 'any' score is that model's study output."
         )
-    with st.expander(f"Model: {predictor.loaded.weights_identity}", expanded=False):
+    label = f"Model: {predictor.loaded.weights_identity} · runs on {predictor.backend_name}"
+    with st.expander(label, expanded=False):
         st.markdown(
             f"- **Architecture**: {card.arch} at {card.input_size} px\n"
             f"- **Created**: {card.created or '—'}\n"

@@ -121,6 +121,7 @@ def _serve(weights: Path, tmp_path: Path) -> Iterator[StreamlitServer]:
         **os.environ,
         "ICH_WEIGHTS": str(weights),
         "ICH_REVIEW_DATA": str(data_dir),
+        "ICH_BACKEND": "auto",  # what a user gets: OpenVINO where it loads, else torch
         "PYTHONUNBUFFERED": "1",
     }
     cmd = [
