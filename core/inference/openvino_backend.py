@@ -62,10 +62,11 @@ BACKEND_ENV = "ICH_BACKEND"
 PRECISIONS = ("bf16", "f32")
 
 #: Largest |Δp| allowed between a precision and torch fp32, for every label's calibrated
-#: probability and every cell of the bleed map, on the load check's probe batch and in the
-#: accuracy test on real slices (tests/inference/test_openvino_backend.py). bf16 keeps 8 bits
-#: of mantissa: measured on the shipped model, its probabilities move by about 0.01.
-CHECK_TOLERANCE = 0.05
+#: probability and every cell of the bleed map: on the load check's probe batch, and in the
+#: accuracy guard on real slices (tests/inference/test_openvino_backend.py). bf16 keeps 8 bits
+#: of mantissa: measured on the shipped model over 136 real slices (AMD EPYC, AVX-512-BF16),
+#: 0.005 on the probabilities and 0.012 on the bleed map.
+CHECK_TOLERANCE = 0.02
 
 #: Slices in the load check's probe batch.
 PROBE_SLICES = 4
