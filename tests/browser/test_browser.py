@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from viewer_page import shown_slice, viewer_frame
 from core.dicom.study import Study, load_studies
 from core.imaging.volume import OUTLINE_RGB
 from core.imaging.windowing import apply_window
+from core.inference.openvino_backend import available_precisions
 from core.inference.predictor import Predictor, ResultCache
 from core.model.checkpoint import load_checkpoint
 from core.review.pseudonym import for_installation
@@ -289,15 +291,48 @@ OUTLINE_STUDY = "ID_b026766696"  # a real study with a large intraparenchymal bl
 OUTLINE_FROM = 0.15  # the P(any) set on the page's slider, a step below the model's default
 
 
+TIMED_STUDY = "ID_286f17f9e7"  # 36 slices
+
+
+@pytest.mark.slow
+def test_upload_to_probabilities_of_a_36_slice_study_names_the_backend(
+    shipped_server, browser_page, study_zips: list[Path]
+) -> None:
+    """The shipped model as a user gets it (ICH_BACKEND=auto): the backend is named beside the
+    model, and the time from upload to the probabilities on the page is measured and printed."""
+    path = next(p for p in study_zips if p.stem == TIMED_STUDY)
+    n = load_studies(path)[0].default_series.n_slices
+    assert n == 36
+    page: Page = browser_page.page
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    page.goto(shipped_server.url, wait_until="domcontentloaded")
+    sidebar = page.get_by_test_id("stSidebar")
+    model_line = sidebar.get_by_text("Model: ich-resnext101")
+    expect(model_line).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)  # model loaded
+    backend = model_line.inner_text().partition("runs on ")[2].strip()
+    expected = "OpenVINO" if available_precisions() else "torch"
+    assert backend.startswith(expected), model_line.inner_text()
+    start = time.perf_counter()
+    sidebar.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(str(path))
+    expect(_plotly_chart(page, "Probabilities")).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    seconds = time.perf_counter() - start
+    print(f"\nupload -> probabilities in Chromium: {seconds:.2f} s for {n} slices on {backend}")
+    assert seconds < FIRST_PREDICTION_TIMEOUT_MS / 1000
+
+
 @pytest.mark.slow
 def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
-    shipped_server, browser_page, study_zips: list[Path], output_dir: Path
+    shipped_server, browser_page, study_zips: list[Path], output_dir: Path, monkeypatch
 ) -> None:
     """The shipped model on a real bleeding study: the outline is drawn on the slice where the
     estimate is largest, with its area in the caption and the volume beside it."""
     path = next(p for p in study_zips if p.stem == OUTLINE_STUDY)
     (study,) = load_studies(path)
-    predictor = Predictor(load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache())
+    # The server's backend (auto) and its data folder: the same numbers, one conversion.
+    monkeypatch.setenv("ICH_REVIEW_DATA", str(shipped_server.data_dir))
+    predictor = Predictor(
+        load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache(), backend="auto"
+    )
     prediction = predictor.predict(study)
     with_map = predictor.has_bleed_map  # the model's own outline, at the card's threshold
     estimate = predictor.localise(
