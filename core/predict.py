@@ -154,9 +154,7 @@ def _progress(label: str) -> Any:
 
 def _load_predictor(args: argparse.Namespace) -> Predictor:
     if args.weights is None:
-        return Predictor.from_default(
-            args.device, batch_size=args.batch_size, backend=args.backend
-        )
+        return Predictor.from_default(args.device, batch_size=args.batch_size, backend=args.backend)
     loaded = load_checkpoint(args.weights)
     return Predictor(loaded, args.device, batch_size=args.batch_size, backend=args.backend)
 

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import ModelError
 from core.imaging.windowing import model_input
 from core.model.bleed_map import has_bleed_map
 
@@ -77,10 +78,11 @@ MAP_LOGITS = "bleed_map_logits"
 
 
 def requested_backend(backend: str | None = None) -> str:
-    """The backend asked for: ``backend`` if given, else ``$ICH_BACKEND``, else 'auto'."""
+    """The backend asked for: ``backend`` if given, else ``$ICH_BACKEND``, else 'auto'.
+    ModelError (shown to the user, in the dashboard's model panel too) for anything else."""
     value = (backend or os.environ.get(BACKEND_ENV) or AUTO).strip().lower()
     if value not in BACKENDS:
-        raise ValueError(
+        raise ModelError(
             f"unknown backend {value!r} (from {'--backend' if backend else BACKEND_ENV}); "
             f"use one of {', '.join(BACKENDS)}"
         )

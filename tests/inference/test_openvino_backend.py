@@ -21,6 +21,7 @@ from data_paths import DATA, LABELLED, require
 
 import core.inference.openvino_backend as ovb
 from core.dicom.study import Study, load_studies
+from core.errors import ModelError
 from core.imaging.windowing import model_input
 from core.inference.openvino_backend import (
     CHECK_TOLERANCE,
@@ -97,7 +98,7 @@ def test_backend_from_argument_then_environment_then_auto(monkeypatch) -> None:
     assert requested_backend() == "openvino"
     assert requested_backend("torch") == "torch"  # the argument wins
     monkeypatch.setenv("ICH_BACKEND", "tensorrt")
-    with pytest.raises(ValueError, match="ICH_BACKEND"):
+    with pytest.raises(ModelError, match="ICH_BACKEND"):  # an ICHError: the app shows it
         requested_backend()
 
 
