@@ -20,13 +20,19 @@ from core.pacs.orthanc_local import LocalOrthanc, OrthancUnavailable
 @pytest.fixture(autouse=True)
 def _own_data_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
     """Every test gets its own app data folder (review database, pseudonym key): a test never
-    writes into the project's data/ and never sees another test's key; and torch runs the
-    network unless the test chooses another backend."""
+    writes into the project's data/ and never sees another test's key."""
     monkeypatch.setenv("ICH_REVIEW_DATA", str(tmp_path_factory.mktemp("app-data")))
-    # The reference backend unless a test asks for another: the engine's own tests compare
-    # with the torch module to 1e-5, and an OpenVINO conversion per test would cost seconds.
-    # tests/inference/test_openvino_backend.py and the browser tests use OpenVINO.
-    monkeypatch.setenv("ICH_BACKEND", "torch")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reference_backend() -> Iterator[None]:
+    """torch runs the network unless a test asks for another backend: the engine's own tests
+    compare with the torch module to 1e-5, and an OpenVINO conversion per test would cost
+    seconds. Session-wide, so module-scoped fixtures (set up before any per-test fixture) see
+    it too. tests/inference/test_openvino_backend.py and the browser tests use OpenVINO."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ICH_BACKEND", "torch")
+        yield
 
 
 @pytest.fixture(scope="session")
