@@ -35,6 +35,7 @@ from core.errors import ICHError
 from core.inference.predictor import Predictor, resolve_device
 from core.labels import LABELS
 from core.model.checkpoint import LoadedModel, _check_metrics, load_checkpoint, render_card_markdown
+from core.model.integrity import stamp
 from core.training.bleed_map_check import hemseg_report, phantom_report, synthetic_threshold
 from core.training.calibration import (
     MIN_POSITIVES_FOR_OWN_TEMPERATURE,
@@ -94,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write every figure here")
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--dry-run", action="store_true", help="print, do not change the card")
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="calibrate a model that is not on the manifest (core.model.integrity); the card "
+        "written is unverified until its line is added to core/model/manifest.py",
+    )
     return p
 
 
@@ -127,7 +134,9 @@ def _validation_ids(args: argparse.Namespace, card: dict[str, Any], labels: dict
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    loaded: LoadedModel = load_checkpoint(args.weights, resolve_device(args.device))
+    loaded: LoadedModel = load_checkpoint(
+        args.weights, resolve_device(args.device), allow_unverified=args.allow_unverified
+    )
     card = loaded.card.to_dict()
     # Calibration fits the reference (torch fp32) logits: raw_logits reads the torch module.
     predictor = Predictor(loaded, args.device, backend="torch")
@@ -343,7 +352,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write_card(card_path: Path, card: dict[str, Any]) -> None:
-    """Card JSON and its Markdown twin, each replaced atomically (weights untouched)."""
+    """Card JSON and its Markdown twin, each replaced atomically (weights untouched); the
+    card's content digest is written anew (core.model.integrity): a recalibrated card is not
+    the one on the manifest, so it loads as unverified until its line is added there."""
+    card = stamp(card)
     for path, text in (
         (card_path.with_suffix(".md"), render_card_markdown(card)),
         (card_path, json.dumps(card, indent=2, ensure_ascii=False) + "\n"),

@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         "command line with FOLD in place of the fold number",
     )
     p.add_argument("--dry-run", action="store_true", help="print the figures, change nothing")
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="finish a model that is not on the manifest (core.model.integrity): a newly "
+        "trained one always is not",
+    )
     return p
 
 

@@ -27,6 +27,11 @@ class ModelError(ICHError):
     """Weights are missing, damaged or do not match the code."""
 
 
+class UnverifiedModelError(ModelError):
+    """The model is sound but not one this version shipped (core.model.integrity): it is used
+    only when the person asks for it explicitly (``--allow-unverified``)."""
+
+
 class StoreError(ICHError):
     """The app's data folder, its review database or its pseudonym key cannot be used (cannot
     be created, locked, damaged, read-only, written by a newer version…)."""

@@ -1,17 +1,20 @@
 """``python -m core.predict STUDY.zip [...] [--json OUT] [--cam-dir DIR] [--report-dir DIR]
 [--backend torch|openvino|auto]``.
 
-Scores every study in the given zips or folders with the installed model (or ``--weights
-CARD.json``), prints one line per study, and can write per-slice probabilities as JSON and
-Grad-CAM overlays as PNG, for review outside the dashboard or for batch runs. ``--report-dir``
-writes per study the PDF report, the DICOM Secondary Capture of the key image and the DICOM SEG
-of the bleed outline (none when nothing is outlined: the reason is printed and in the JSON).
+Scores every study in the given zips or folders with the installed model (the newest card in
+``$ICH_WEIGHTS``, else in weights/, as the dashboard; or ``--weights CARD.json``), prints one
+line per study, and can write per-slice probabilities as JSON and Grad-CAM overlays as PNG, for
+review outside the dashboard or for batch runs. ``--report-dir`` writes per study the PDF
+report, the DICOM Secondary Capture of the key image and the DICOM SEG of the bleed outline
+(none when nothing is outlined: the reason is printed and in the JSON).
 
 Exit codes: 0 done; 1 an output file could not be written; 2 the input cannot be read as CT;
-3 no usable model (missing, damaged, or a GPU requested where there is none). Messages are
-written for the person at the terminal, never as tracebacks. Patient names and IDs are never
-printed or written: studies are named by their StudyInstanceUID, and PNG file names are built
-from sanitized UIDs, never from the uploaded file names. The PDF reports name the patient by
+3 no usable model (missing, damaged, not verified and no ``--allow-unverified``, or a GPU
+requested where there is none; see core.model.integrity). A model loaded with
+``--allow-unverified`` is named "unverified model" in the table, the JSON and the reports.
+Messages are written for the person at the terminal, never as tracebacks. Patient names and
+IDs are never printed or written: studies are named by their StudyInstanceUID, and PNG file
+names are built from sanitized UIDs, never from the uploaded file names. The PDF reports name the patient by
 the installation's pseudonym (core.review.pseudonym, the same one the dashboard shows), or by
 name and ID with ``--show-identity``.
 """
@@ -43,6 +46,7 @@ from core.inference.predictor import (
 from core.labels import LABELS, SHORT_NAMES
 from core.model.checkpoint import load_checkpoint
 from core.model.gradcam import render_overlay
+from core.model.integrity import UNVERIFIED_LABEL
 from core.notice import NOTICE
 from core.reports.pdf import render_pdf, report_input
 from core.reports.secondary_capture import secondary_capture_bytes
@@ -119,12 +123,10 @@ def write_reports(
 
 def format_table(predictor: Predictor, rows: list[StudyPrediction]) -> str:
     """One line per study: slice count, the six study-level probabilities, the peaks."""
-    loaded = predictor.loaded
     width = max([len("StudyInstanceUID")] + [len(p.study_instance_uid) for p in rows])
     head = f"{'StudyInstanceUID':<{width}}  Slices " + " ".join(f"{s:>6}" for s in SHORT_NAMES)
     lines = [
-        f"Model {predictor.weights_identity} ({loaded.spec.arch}, "
-        f"{loaded.spec.input_size} px) on {predictor.device}, {predictor.backend_name}. {NOTICE}",
+        model_line(predictor),
         # Said by the code that computed the scores (the engine's own description).
         f"Study-level probability: {rows[0].study_method if rows else STUDY_BY_MAX}.",
         head + "  Peak slice (any; 1 = first) · top subtype · ms/slice",
@@ -153,10 +155,26 @@ def _progress(label: str) -> Any:
 
 
 def _load_predictor(args: argparse.Namespace) -> Predictor:
+    """``--weights``, else the newest card in ``$ICH_WEIGHTS`` or weights/ (as the dashboard)."""
+    allow = args.allow_unverified
     if args.weights is None:
-        return Predictor.from_default(args.device, batch_size=args.batch_size, backend=args.backend)
-    loaded = load_checkpoint(args.weights)
+        return Predictor.from_default(
+            args.device, batch_size=args.batch_size, backend=args.backend, allow_unverified=allow
+        )
+    loaded = load_checkpoint(args.weights, allow_unverified=allow)
     return Predictor(loaded, args.device, batch_size=args.batch_size, backend=args.backend)
+
+
+def model_line(predictor: Predictor) -> str:
+    """The table's first line: which model, and loudly when it is not a verified one."""
+    loaded = predictor.loaded
+    line = (
+        f"Model {predictor.weights_identity} ({loaded.spec.arch}, "
+        f"{loaded.spec.input_size} px) on {predictor.device}, {predictor.backend_name}. {NOTICE}"
+    )
+    if not loaded.trust.verified:
+        line = f"{UNVERIFIED_LABEL.upper()}: {loaded.trust.reason}.\n{line}"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +186,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="OUT", help="write probabilities as JSON ('-': stdout)")
     parser.add_argument("--cam-dir", type=Path, help="write Grad-CAM overlays (PNG) here")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: a GPU if present")
-    parser.add_argument("--weights", type=Path, help="model card (.json); default: installed")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        help="model card (.json); default: the newest in $ICH_WEIGHTS, else in weights/",
+    )
+    parser.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="use a model that is not on the manifest or whose card fails its digest "
+        "(core.model.integrity); every output then says 'unverified model'",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     parser.add_argument(
         "--backend",
@@ -213,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MODEL
+    if not predictor.loaded.trust.verified:
+        print(f"warning: {UNVERIFIED_LABEL}: {predictor.loaded.trust.reason}", file=sys.stderr)
 
     studies: list[Study] = []
     for source in args.sources:
@@ -271,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         "notice": NOTICE,
         "model": {
             "weights_identity": predictor.weights_identity,
+            "status": predictor.loaded.trust.label,
+            **(
+                {"unverified_reason": predictor.loaded.trust.reason}
+                if not predictor.loaded.trust.verified
+                else {}
+            ),
             "name": predictor.loaded.name,
             "card": predictor.loaded.card_path.name,
             "arch": predictor.spec.arch,

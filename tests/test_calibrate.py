@@ -82,6 +82,7 @@ def test_calibrate_writes_card_figures_and_the_engine_applies_the_temperature(
     argv += ["--studies", str(trained["studies"])]
     argv += ["--study-labels", str(LABELLED / "rsna_dev_stage_2_train.csv")]
     argv += ["--n-boot", "20", "--json", str(tmp_path / "figures.json")]
+    argv += ["--allow-unverified"]
     assert calibrate.main(argv) == 0
 
     card = json.loads(card_path.read_text())
@@ -101,7 +102,7 @@ def test_calibrate_writes_card_figures_and_the_engine_applies_the_temperature(
     assert figures["validation"]["slice_auc"]["any"] == val["values"]["slice_auc"]["any"]
 
     # The engine now shows sigmoid(logit / T) for every label, and caches by it.
-    loaded = load_checkpoint(card_path)
+    loaded = load_checkpoint(card_path, allow_unverified=True)
     predictor = Predictor(loaded, "cpu")
     t = np.array([temperature[label] for label in LABELS])
     assert predictor.temperature == tuple(t)
@@ -128,7 +129,7 @@ def test_an_edited_temperature_is_refused(trained: dict[str, Path], tmp_path: Pa
         (folder / f.name).write_bytes(f.read_bytes())
     (folder / trained["card"].name).write_text(json.dumps(card))
     with pytest.raises(ModelError, match="temperature for any"):
-        _ = load_checkpoint(folder / trained["card"].name).temperature
+        _ = load_checkpoint(folder / trained["card"].name, allow_unverified=True).temperature
 
 
 def test_a_model_without_an_id_split_is_refused(tiny_weights: Path) -> None:

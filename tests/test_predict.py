@@ -52,7 +52,16 @@ def test_end_to_end_json_and_heatmaps(
 ) -> None:
     out = tmp_path / "out.json"
     cams = tmp_path / "cams"
-    argv = [str(small_zip), "--weights", str(card), "--json", str(out), "--cam-dir", str(cams)]
+    argv = [
+        str(small_zip),
+        "--weights",
+        str(card),
+        "--allow-unverified",
+        "--json",
+        str(out),
+        "--cam-dir",
+        str(cams),
+    ]
     assert main([*argv, "--device", "cpu"]) == EXIT_OK
     printed = capsys.readouterr().out
 
@@ -61,8 +70,15 @@ def test_end_to_end_json_and_heatmaps(
     doc = json.loads(out.read_text(encoding="utf-8"))
 
     assert doc["notice"] == NOTICE
-    assert doc["model"]["weights_identity"] == load_checkpoint(card).weights_identity
+    assert (
+        doc["model"]["weights_identity"]
+        == load_checkpoint(card, allow_unverified=True).weights_identity
+    )
     assert doc["model"]["name"] == "tiny-cli"
+    # A test model is on no manifest: loaded only with the flag, and said so everywhere.
+    assert doc["model"]["status"] == "unverified model" and doc["model"]["unverified_reason"]
+    assert all(s["model_status"] == "unverified model" for s in doc["studies"])
+    assert printed.startswith("UNVERIFIED MODEL: it is not one of the models shipped")
     assert doc["labels"] == list(LABELS)
     assert len(doc["studies"]) == 1
     entry = doc["studies"][0]
@@ -106,7 +122,10 @@ def test_end_to_end_json_and_heatmaps(
 
 
 def test_json_to_stdout(card: Path, small_zip: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(small_zip), "--weights", str(card), "--json", "-"]) == EXIT_OK
+    assert (
+        main([str(small_zip), "--weights", str(card), "--allow-unverified", "--json", "-"])
+        == EXIT_OK
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["studies"][0]["StudyInstanceUID"] == small_zip.stem
 
@@ -131,7 +150,7 @@ def test_missing_weights_subprocess(small_zip: Path, tmp_path: Path) -> None:
 def test_bad_input_exit_2(card: Path, tmp_path: Path) -> None:
     bad = tmp_path / "study.zip"
     bad.write_bytes(b"this is not a zip file\n" * 10)
-    result = _run(str(bad), "--weights", str(card))
+    result = _run(str(bad), "--weights", str(card), "--allow-unverified")
     assert result.returncode == EXIT_INPUT
     assert result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr + result.stdout
@@ -141,7 +160,10 @@ def test_bad_input_exit_2(card: Path, tmp_path: Path) -> None:
 def test_missing_input_exit_2(
     card: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([str(tmp_path / "nothing.zip"), "--weights", str(card)]) == EXIT_INPUT
+    assert (
+        main([str(tmp_path / "nothing.zip"), "--weights", str(card), "--allow-unverified"])
+        == EXIT_INPUT
+    )
     assert "error:" in capsys.readouterr().err
 
 
@@ -149,7 +171,10 @@ def test_missing_input_exit_2(
 def test_cuda_without_gpu_exit_3(
     card: Path, small_zip: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([str(small_zip), "--weights", str(card), "--device", "cuda"]) == EXIT_MODEL
+    assert (
+        main([str(small_zip), "--weights", str(card), "--allow-unverified", "--device", "cuda"])
+        == EXIT_MODEL
+    )
     assert "GPU" in capsys.readouterr().err
 
 
@@ -168,7 +193,7 @@ def test_json_carries_volume_and_areas_and_reports_are_written(
     card: Path, small_zip: Path, tmp_path: Path
 ) -> None:
     out, reports = tmp_path / "out.json", tmp_path / "reports"
-    argv = [str(small_zip), "--weights", str(card), "--json", str(out)]
+    argv = [str(small_zip), "--weights", str(card), "--allow-unverified", "--json", str(out)]
     assert main([*argv, "--report-dir", str(reports), "--device", "cpu"]) == EXIT_OK
     entry = json.loads(out.read_text(encoding="utf-8"))["studies"][0]
     bleed = entry["bleed_estimate"]
@@ -226,7 +251,15 @@ def test_reports_name_the_patient_by_the_installations_pseudonym(
     for site in ("site-a", "site-b"):
         monkeypatch.setenv("ICH_REVIEW_DATA", str(tmp_path / site))
         out = tmp_path / site / "reports"
-        argv = [str(small_zip), "--weights", str(card), "--no-volume", "--report-dir", str(out)]
+        argv = [
+            str(small_zip),
+            "--weights",
+            str(card),
+            "--allow-unverified",
+            "--no-volume",
+            "--report-dir",
+            str(out),
+        ]
         assert main(argv) == EXIT_OK
         text = _pdf_text(out / f"{stem}_report.pdf")
         [label] = re.findall(r"Patient [0-9A-F]{6}", text)
@@ -246,7 +279,14 @@ def test_a_data_folder_that_cannot_be_created_exits_1_with_a_message(
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("ICH_REVIEW_DATA", str(blocker / "data"))
-    argv = [str(small_zip), "--weights", str(card), "--report-dir", str(tmp_path / "r")]
+    argv = [
+        str(small_zip),
+        "--weights",
+        str(card),
+        "--allow-unverified",
+        "--report-dir",
+        str(tmp_path / "r"),
+    ]
     assert main(argv) == EXIT_OUTPUT
     err = capsys.readouterr().err
     assert err.startswith(f"error: The data folder {blocker / 'data'} cannot be created")

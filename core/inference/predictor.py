@@ -57,13 +57,14 @@ from core.inference.openvino_backend import (
 from core.labels import LABELS
 from core.model.bleed_map import has_bleed_map
 from core.model.checkpoint import (
-    DEFAULT_WEIGHTS_DIR,
     LoadedModel,
+    default_weights_dir,
     find_default_checkpoint,
     load_checkpoint,
 )
 from core.model.context import SliceContext, apply_context
 from core.model.gradcam import GradCamExplainer, Heatmap
+from core.model.integrity import UNVERIFIED_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,15 @@ class StudyPrediction:
     #: grid covering the whole slice (core.model.bleed_map); None for a model without the
     #: segmentation head. Computed in the same pass as ``probs``.
     bleed_map: np.ndarray | None = None
+    #: Whether the model that made it is one this version shipped (core.model.integrity);
+    #: False unless the Predictor's model was verified, so every output can say
+    #: "unverified model" without being handed the model.
+    model_verified: bool = False
+
+    @property
+    def model_status(self) -> str:
+        """ "verified" or "unverified model", as every output shows it."""
+        return "verified" if self.model_verified else UNVERIFIED_LABEL
 
     @property
     def context_used(self) -> bool:
@@ -140,6 +150,7 @@ class StudyPrediction:
         return {
             "StudyInstanceUID": self.study_instance_uid,
             "SeriesInstanceUID": self.series_instance_uid,
+            "model_status": self.model_status,
             "probabilities": {k: round(v, 6) for k, v in self.study_scores.items()},
             "study_score": self.study_method,
             "peak_slice": dict(self.peak_slice),
@@ -381,6 +392,7 @@ def _build_prediction(
     cached: bool,
     context: SliceContext | None = None,
     bleed_map: np.ndarray | None = None,
+    model_verified: bool = False,
 ) -> StudyPrediction:
     if context is not None:
         probs, study_any = apply_context(context, cnn_probs)
@@ -402,6 +414,7 @@ def _build_prediction(
         study_instance_uid=study_instance_uid,
         series_instance_uid=series.series_instance_uid,
         weights_identity=identity,
+        model_verified=model_verified,
         slices=slices,
         probs=probs,
         study_scores={
@@ -513,11 +526,15 @@ class Predictor:
         cls,
         device: str | None = None,
         *,
-        weights_dir: str | Path = DEFAULT_WEIGHTS_DIR,
+        weights_dir: str | Path | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         backend: str | None = None,
+        allow_unverified: bool = False,
     ) -> Predictor:
-        """The installed model (newest card in ``weights_dir``); ModelError when there is none."""
+        """The installed model: the newest card in ``weights_dir`` (default ``$ICH_WEIGHTS`` or
+        weights/); ModelError when there is none, UnverifiedModelError when it is not on the
+        manifest and ``allow_unverified`` is not given."""
+        weights_dir = default_weights_dir() if weights_dir is None else weights_dir
         card = find_default_checkpoint(weights_dir)
         if card is None:
             raise ModelError(
@@ -527,12 +544,8 @@ class Predictor:
                 "not available until then."
             )
         resolved = resolve_device(device)
-        return cls(
-            load_checkpoint(card, device=resolved),
-            device=resolved,
-            batch_size=batch_size,
-            backend=backend,
-        )
+        loaded = load_checkpoint(card, device=resolved, allow_unverified=allow_unverified)
+        return cls(loaded, device=resolved, batch_size=batch_size, backend=backend)
 
     @property
     def weights_identity(self) -> str:
@@ -548,6 +561,9 @@ class Predictor:
             self.spec.windows,
             self.temperature,
             self.backend_name,
+            # The whole card (thresholds and summary too) and whether it is verified, so a
+            # result is never shown under another card's verdict.
+            self.loaded.trust,
         )
 
     def warm_up(self) -> None:
@@ -615,6 +631,7 @@ class Predictor:
             cached,
             self.context,
             scores.bleed_map,
+            self.loaded.trust.verified,
         )
 
     def explain(self, series: Series, slice_index: int, label: str) -> Heatmap:

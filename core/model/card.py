@@ -40,6 +40,7 @@ RESERVED_CARD_KEYS: frozenset[str] = frozenset(
         "context",
         "weights_dtype",
         "bleed_map",
+        "content_sha256",
     }
 )
 
@@ -78,6 +79,9 @@ class ModelCard:
     weights_dtype: str | None = None
     #: ``{"stride": 4}`` when the network has the segmentation head (core.model.bleed_map).
     bleed_map: Mapping[str, Any] | None = None
+    #: sha256 over every other key of the card (core.model.integrity): binds the card's
+    #: content to the weights entries it lists; the manifest says which digests were shipped.
+    content_sha256: str | None = None
     #: Keys this version does not know, kept as read.
     extra: Mapping[str, Any] = field(default_factory=dict)
     key_order: tuple[str, ...] = field(default=(), compare=False, repr=False)

@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 from torch import nn
 
 import core.model.tv_compat  # noqa: F401  (must precede every torchvision import)
@@ -43,18 +44,31 @@ import core.model.tv_compat  # noqa: F401  (must precede every torchvision impor
 # isort: split
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from core.errors import ModelError
+from core.errors import ModelError, UnverifiedModelError
 from core.imaging.windowing import MODEL_WINDOWS, Window
 from core.labels import LABELS, check_label_order
 from core.model.bleed_map import MAP_STRIDE, BleedMapResNet
 from core.model.card import CARD_FORMAT, RESERVED_CARD_KEYS, ModelCard
+from core.model.card_checks import problems as card_problems
 from core.model.context import ContextSpec, SliceContext
+from core.model.integrity import NOT_LOADED, UNVERIFIED_LABEL, ModelTrust, assess, stamp
 from core.notice import NOTICE
 
 log = logging.getLogger(__name__)
 
 #: Where the app looks for an installed model.
 DEFAULT_WEIGHTS_DIR: Path = Path(__file__).resolve().parents[2] / "weights"
+
+#: Environment variable naming another folder of model cards and weights (every tool reads it).
+WEIGHTS_ENV = "ICH_WEIGHTS"
+
+
+def default_weights_dir() -> Path:
+    """``$ICH_WEIGHTS`` (a folder of model cards and weights) or the project's weights/: the one
+    place the dashboard and every command-line tool look for the installed model."""
+    choice = os.environ.get(WEIGHTS_ENV)
+    return Path(choice) if choice else DEFAULT_WEIGHTS_DIR
+
 
 #: Largest weights file written; GitHub refuses files over 100 MB, so stay clearly below.
 MAX_SHARD_BYTES: int = 95 * 1000 * 1000
@@ -301,7 +315,7 @@ def save_checkpoint(
         full["context"] = {**context.spec.to_dict(), **dict(context_info or {})}
     card_path = directory / f"{name}.json"
     _atomic_write_text(directory / f"{name}.md", render_card_markdown(full))
-    _atomic_write_text(card_path, ModelCard.from_dict(full).to_json())
+    _atomic_write_text(card_path, ModelCard.from_dict(stamp(full)).to_json())
     return card_path
 
 
@@ -455,6 +469,8 @@ class LoadedModel:
     card_path: Path = field(default=Path())
     #: The slice-context model stored with the CNN, or None when the checkpoint has none.
     context: SliceContext | None = None
+    #: Whether this model is one this version shipped (core.model.integrity).
+    trust: ModelTrust = NOT_LOADED
 
     @property
     def weights_identity(self) -> str:
@@ -495,12 +511,17 @@ def _reinstall(path: Path) -> str:
     return f"Re-install the model files in {_display(path.parent)}."
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
 def _read_card(card_path: Path) -> dict[str, Any]:
     if not card_path.is_file():
         raise ModelError(f"No trained model is installed: {_display(card_path)} is missing.")
     try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        # NaN and Infinity are not JSON; Python's reader would accept them as numbers.
+        card = json.loads(card_path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (OSError, UnicodeDecodeError, ValueError):
         raise ModelError(
             f"The model card {_display(card_path)} is damaged and cannot be read. "
             + _reinstall(card_path)
@@ -510,12 +531,48 @@ def _read_card(card_path: Path) -> dict[str, Any]:
     return card
 
 
+def _check_fields(card: dict[str, Any], where: str, card_path: Path) -> None:
+    """Refuse a card with any field out of range (core.model.card_checks), in one message."""
+    labels = card.get("labels")
+    try:
+        check_label_order(labels if isinstance(labels, list | tuple) else [])
+    except ValueError:
+        raise ModelError(
+            f"The model card {where} lists the findings in the order {labels}, but this tool "
+            f"expects {list(LABELS)}. Its probabilities would be shown under the wrong "
+            "findings, so the model is not used."
+        ) from None
+    found = card_problems(card, BUILDERS)
+    if "metrics" in card:
+        try:
+            _check_metrics(card["metrics"])
+        except ValueError as exc:
+            found.append(str(exc))
+    if found:
+        raise ModelError(
+            f"The model card {where} holds values this tool refuses: " + "; ".join(found) + ". "
+            "The card was edited or damaged, so the model is not used. " + _reinstall(card_path)
+        )
+
+
+def unverified_message(where: str, trust: ModelTrust) -> str:
+    """Why an unverified model is not loaded, and how to load it anyway."""
+    return (
+        f"The model {where} is not verified: {trust.reason}. Nobody vouches for its card "
+        "(windows, thresholds, summary, metrics), so it is not used. To use it anyway, run the "
+        "command with --allow-unverified (the dashboard: set ICH_ALLOW_UNVERIFIED=1); it is "
+        f'then shown as "{UNVERIFIED_LABEL}" everywhere. To ship it, add its line from '
+        "`python -m core.model.integrity CARD.json` to core/model/manifest.py."
+    )
+
+
 def load_checkpoint(
     path: str | Path,
     device: str | torch.device = "cpu",
     *,
     name: str | None = None,
     with_context: bool = True,
+    allow_unverified: bool = False,
 ) -> LoadedModel:
     """Load a checkpoint after checking every file against its card.
 
@@ -523,6 +580,11 @@ def load_checkpoint(
     (its newest card, see find_default_checkpoint). Any problem raises ModelError with a
     message for the person running the tool: no weights are used unless all checks pass.
     ``with_context=False`` loads the CNN alone, leaving out a stored slice-context model.
+
+    Every card field is range-checked and every weights file checked against its entry; a
+    failure is refused whatever the flags. A model that is not on the manifest, or whose card
+    fails its content digest (core.model.integrity), raises UnverifiedModelError unless
+    ``allow_unverified``; loaded anyway, its ``trust`` says so and every output shows it.
     """
     path = Path(path)
     if name is not None:
@@ -538,16 +600,7 @@ def load_checkpoint(
         card_path = path
     card = _read_card(card_path)
     where = _display(card_path)
-
-    labels = card.get("labels")
-    try:
-        check_label_order(labels if isinstance(labels, list | tuple) else [])
-    except ValueError:
-        raise ModelError(
-            f"The model card {where} lists the findings in the order {labels}, but this tool "
-            f"expects {list(LABELS)}. Its probabilities would be shown under the wrong "
-            "findings, so the model is not used."
-        ) from None
+    _check_fields(card, where, card_path)
     try:
         spec = ModelSpec.from_dict(card)
     except (KeyError, TypeError, ValueError) as exc:
@@ -556,39 +609,53 @@ def load_checkpoint(
             + _reinstall(card_path)
         ) from None
 
-    entries = card.get("weights_files")
-    if not isinstance(entries, list) or not entries:
-        raise ModelError(f"The model card {where} lists no weights files. " + _reinstall(card_path))
-    state: dict[str, torch.Tensor] = {}
-    hashes: list[str] = []
-    for entry in entries:
-        file_name = entry.get("file") if isinstance(entry, dict) else None
-        # Weights must sit beside their card: a name with a folder in it is not accepted.
-        if not isinstance(file_name, str) or not file_name or Path(file_name).name != file_name:
-            raise ModelError(
-                f"The model card {where} names its weights files wrongly ({entry!r}). "
-                + _reinstall(card_path)
-            )
-        file_path = card_path.parent / file_name
+    # Each file is read once: its bytes are hashed and then parsed, so what runs is exactly
+    # what was checked (no window for the file to change between the two).
+    blobs: list[tuple[Path, bytes]] = []
+    for entry in card["weights_files"]:  # a non-empty list of plain names (checked above)
+        file_path = card_path.parent / entry["file"]
         if not file_path.is_file():
             raise ModelError(
                 f"No trained model is installed: {_display(file_path)} is missing "
                 f"(listed in {where})."
             )
-        actual = _sha256(file_path)
-        if actual != entry.get("sha256"):
+        size = entry.get("bytes")
+        try:
+            data = file_path.read_bytes() if size in (None, file_path.stat().st_size) else b""
+        except OSError as exc:
+            raise ModelError(
+                f"The weights file {_display(file_path)} cannot be read ({exc.strerror}). "
+                + _reinstall(card_path)
+            ) from None
+        if not data or hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise ModelError(
                 f"The weights file {_display(file_path)} was changed or damaged after it was "
-                f"installed (its checksum does not match {where}). " + _reinstall(card_path)
+                f"installed (its size or checksum does not match {where}). " + _reinstall(card_path)
             )
-        hashes.append(actual)
+        blobs.append((file_path, data))
+    combined = combined_sha256([entry["sha256"] for entry in card["weights_files"]])
+    if combined != card["weights_sha256"]:
+        raise ModelError(
+            f"The model card {where} names weights ({card['weights_sha256'][:12]}…) other than "
+            f"its files ({combined[:12]}…). " + _reinstall(card_path)
+        )
+    trust = assess(card)
+    if not trust.verified:
+        if not allow_unverified:
+            raise UnverifiedModelError(unverified_message(where, trust))
+        log.warning("loading an unverified model %s: %s", where, trust.reason)
+
+    state: dict[str, torch.Tensor] = {}
+    while blobs:
+        file_path, data = blobs.pop(0)
         try:
-            part = load_file(str(file_path), device="cpu")
+            part = load_bytes(data)
         except (SafetensorError, OSError) as exc:
             raise ModelError(
                 f"The weights file {_display(file_path)} cannot be read ({exc}). "
                 + _reinstall(card_path)
             ) from None
+        del data
         dup = state.keys() & part.keys()
         if dup:
             raise ModelError(
@@ -621,7 +688,6 @@ def load_checkpoint(
     )
     del state
     model.to(device).eval()
-    combined = combined_sha256(hashes)
     log.info("loaded model %s", weights_identity(card_path.stem, combined))
     return LoadedModel(
         model=model,
@@ -631,6 +697,7 @@ def load_checkpoint(
         name=str(card.get("name", card_path.stem)),
         card_path=card_path,
         context=context,
+        trust=trust,
     )
 
 
@@ -731,6 +798,7 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "combined_sha256",
+    "default_weights_dir",
     "find_default_checkpoint",
     "load_checkpoint",
     "render_card_markdown",

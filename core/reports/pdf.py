@@ -29,6 +29,7 @@ from core.inference.predictor import Predictor, StudyPrediction
 from core.labels import LABELS
 from core.model.card import ModelCard
 from core.model.gradcam import Heatmap, render_overlay
+from core.model.integrity import UNVERIFIED_LABEL
 from core.notice import CONFIRM
 from core.notice import NOTICE as BASE_NOTICE
 from core.review.store import Review
@@ -109,7 +110,12 @@ def render_pdf(data: ReportInput, created: datetime | None = None) -> bytes:
 
     fig = Figure(figsize=A4)
     fig.text(0.06, 0.965, "ICH review — study report", fontsize=17, weight="bold")
-    fig.text(0.06, 0.945, NOTICE, fontsize=8.5, color="#b00020", weight="bold")
+    banner = NOTICE
+    if not data.prediction.model_verified:
+        banner += (
+            f"  Probabilities from an {UNVERIFIED_LABEL.upper()} (not shipped with ICH review)."
+        )
+    fig.text(0.06, 0.945, banner, fontsize=8.5, color="#b00020", weight="bold")
     fig.text(
         0.06,
         0.92,
@@ -162,8 +168,11 @@ def render_pdf(data: ReportInput, created: datetime | None = None) -> bytes:
     fig.text(0.06, 0.32, "Radiologist's review", fontsize=11, weight="bold")
     fig.text(0.06, 0.305, "\n".join(_review_lines(data.reviews)), fontsize=8.5, va="top", wrap=True)
     fig.text(0.06, 0.20, "Model", fontsize=11, weight="bold")
-    model_lines = [f"{data.model_name} ({data.model_identity})"]
-    model_lines.append(data.card_summary or "Its card records no cross-validated performance.")
+    model_lines = [f"{data.model_name} ({data.model_identity}) — {data.prediction.model_status}"]
+    summary = data.card_summary or "Its card records no cross-validated performance."
+    if not data.prediction.model_verified:
+        summary = f"Its card, which nobody has verified, says: {summary}"
+    model_lines.append(summary)
     fig.text(0.06, 0.185, "\n".join(model_lines), fontsize=8.5, va="top", wrap=True)
     fig.text(
         0.06,

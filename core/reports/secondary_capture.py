@@ -21,6 +21,7 @@ from core.imaging.volume import draw_outline
 from core.imaging.windowing import BRAIN, apply_window
 from core.labels import LABELS
 from core.model.gradcam import render_overlay
+from core.model.integrity import UNVERIFIED_LABEL
 from core.reports.pdf import ReportInput
 
 SERIES_DESCRIPTION = "ICH review (research use) key image"
@@ -32,7 +33,10 @@ SERIES_NUMBER = 9901
 def _findings_text(data: ReportInput) -> str:
     p = data.prediction
     probs = ", ".join(f"{k} {p.study_scores[k]:.2f}" for k in LABELS)
-    text = f"RESEARCH USE ONLY. Model {data.model_name}: study probabilities {probs}."
+    model = data.model_name
+    if not p.model_verified:
+        model += f" ({UNVERIFIED_LABEL})"
+    text = f"RESEARCH USE ONLY. Model {model}: study probabilities {probs}."
     if data.estimate is not None:
         text += (
             f" Estimated bleed volume {data.estimate.volume_ml:.1f} mL "

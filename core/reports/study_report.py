@@ -45,6 +45,7 @@ def study_report(
         report["study_probabilities"] = None
     else:
         report["model"] = prediction.weights_identity
+        report["model_status"] = prediction.model_status
         report["study_probabilities"] = {k: float(prediction.study_scores[k]) for k in LABELS}
         report["study_score"] = prediction.study_method
         report["peak_slice"] = {k: int(prediction.peak_slice[k]) for k in LABELS}

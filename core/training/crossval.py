@@ -331,7 +331,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.dry_run:
         return report
 
-    loaded = load_checkpoint(args.checkpoint, with_context=False)
+    loaded = load_checkpoint(
+        args.checkpoint, with_context=False, allow_unverified=args.allow_unverified
+    )
     context = fit_context([s.example for s in studies], spec, epochs=args.context_epochs)
     card = {k: v for k, v in loaded.card.to_dict().items() if k not in RESERVED_CARD_KEYS}
     metrics = {

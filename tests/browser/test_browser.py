@@ -331,7 +331,10 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     # The server's backend (auto) and its data folder: the same numbers, one conversion.
     monkeypatch.setenv("ICH_REVIEW_DATA", str(shipped_server.data_dir))
     predictor = Predictor(
-        load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache(), backend="auto"
+        load_checkpoint(shipped_server.weights_dir, allow_unverified=True),
+        "cpu",
+        cache=ResultCache(),
+        backend="auto",
     )
     prediction = predictor.predict(study)
     with_map = predictor.has_bleed_map  # the model's own outline, at the card's threshold

@@ -394,7 +394,9 @@ def test_a_study_opens_at_its_most_suspicious_slice_once_scored(
 
     study = load_studies(small_zip)[0]
     uid = study.study_instance_uid
-    predictor = Predictor(load_checkpoint(tiny_weights), "cpu", cache=ResultCache())
+    predictor = Predictor(
+        load_checkpoint(tiny_weights, allow_unverified=True), "cpu", cache=ResultCache()
+    )
     peak = int(predictor.predict(study).peak_slice["any"]) + 1
     middle = (study.default_series.n_slices + 1) // 2
     assert peak != middle  # else this test could not tell the two apart

@@ -58,7 +58,7 @@ def card(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(card: Path) -> LoadedModel:
-    return load_checkpoint(card)
+    return load_checkpoint(card, allow_unverified=True)
 
 
 @pytest.fixture(scope="module")
@@ -369,9 +369,9 @@ def test_context_model_refines_slices_and_gives_the_study_score(
     context = SliceContext().eval()
     torch.nn.init.normal_(context.kernel_logits, std=2.0)  # a context model that changes things
     torch.nn.init.normal_(context.position[2].bias, std=1.0)
-    net = load_checkpoint(make_tiny_checkpoint(tmp_path / "a")).model
+    net = load_checkpoint(make_tiny_checkpoint(tmp_path / "a"), allow_unverified=True).model
     card = save_checkpoint(net, SPEC, tmp_path / "b", "ctx", context=context)
-    loaded = load_checkpoint(card)
+    loaded = load_checkpoint(card, allow_unverified=True)
 
     plain = Predictor(loaded, device="cpu", cache=ResultCache(), use_context=False).predict(study)
     refined = Predictor(loaded, device="cpu", cache=ResultCache()).predict(study)
@@ -416,7 +416,7 @@ def test_a_model_with_the_bleed_map_gives_it_in_the_same_pass(tmp_path: Path, st
         net.bleed_map.out.weight.zero_()
         net.bleed_map.out.bias.fill_(4.0)
     card = save_checkpoint(net.eval(), spec, tmp_path, "with-map")
-    predictor = _predictor(load_checkpoint(card))
+    predictor = _predictor(load_checkpoint(card, allow_unverified=True))
     counter = ForwardCounter(predictor.model)
     series = study.default_series
     prediction = predictor.predict(study)
@@ -439,7 +439,9 @@ def test_a_model_with_the_bleed_map_gives_it_in_the_same_pass(tmp_path: Path, st
     assert inside.max() > 0 and est.mask.sum() < 0.6 * est.mask.size
     assert est.volume_ml > 100  # the whole cranial cavity of the slices with one
     # Without the head: the fallback, named as such.
-    plain = _predictor(loaded_plain := load_checkpoint(make_tiny_checkpoint(tmp_path / "p")))
+    plain = _predictor(
+        loaded_plain := load_checkpoint(make_tiny_checkpoint(tmp_path / "p"), allow_unverified=True)
+    )
     assert loaded_plain.spec.bleed_map is False
     p2 = plain.predict(study)
     assert p2.bleed_map is None

@@ -79,7 +79,7 @@ def test_context_is_stored_in_the_checkpoint_and_verified(tmp_path: Path) -> Non
     doc = json.loads(card.read_text())
     assert doc["context"] == {**context.spec.to_dict(), "trained_on": "synthetic studies"}
     assert "Slice-context model" in card.with_suffix(".md").read_text()
-    loaded = load_checkpoint(card)
+    loaded = load_checkpoint(card, allow_unverified=True)
     assert loaded.context is not None
     probs = _study(np.random.default_rng(5), True).probs
     a, sa = apply_context(context, probs)
@@ -91,18 +91,18 @@ def test_context_is_stored_in_the_checkpoint_and_verified(tmp_path: Path) -> Non
     del doc["context"]
     card.write_text(json.dumps(doc))
     with pytest.raises(ModelError, match="slice-context model that the card does not describe"):
-        load_checkpoint(card)
+        load_checkpoint(card, allow_unverified=True)
     # … and so is a card whose context does not fit the stored tensors.
     doc["context"] = {**context.spec.to_dict(), "hidden": context.spec.hidden + 1}
     card.write_text(json.dumps(doc))
     with pytest.raises(ModelError, match="slice-context weights .* do not fit"):
-        load_checkpoint(card)
+        load_checkpoint(card, allow_unverified=True)
 
 
 def test_checkpoint_without_context_loads_without_one(tmp_path: Path) -> None:
     spec = ModelSpec("tiny", 64)
     card = save_checkpoint(build_model(spec).eval(), spec, tmp_path, "plain")
-    assert load_checkpoint(card).context is None
+    assert load_checkpoint(card, allow_unverified=True).context is None
 
 
 def test_refined_outputs_never_fall_when_the_cnn_rises() -> None:

@@ -30,7 +30,9 @@ from core.review.store import Review
 @pytest.fixture(scope="module")
 def content(small_zip: Path, tiny_weights: Path):
     study: Study = load_studies(small_zip)[0]
-    predictor = Predictor(load_checkpoint(tiny_weights), "cpu", cache=ResultCache())
+    predictor = Predictor(
+        load_checkpoint(tiny_weights, allow_unverified=True), "cpu", cache=ResultCache()
+    )
     prediction = predictor.predict(study)
     estimate = predictor.localise(study.default_series, prediction, threshold=0.0, max_slices=4)
     review = Review(

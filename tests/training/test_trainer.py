@@ -160,7 +160,7 @@ def test_cli_writes_checkpoint_predictions_embeddings_and_a_loadable_model(
     assert meta["training"]["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
 
     # The app loads the card and scores a validation study as the trainer did.
-    predictor = Predictor(load_checkpoint(card), "cpu")
+    predictor = Predictor(load_checkpoint(card, allow_unverified=True), "cpu")
     zip_of = {p.stem: p for p in zips}
     uid = sorted(val_studies)[0]
     prediction = predictor.predict(load_studies(zip_of[uid])[0])
@@ -251,7 +251,9 @@ def test_png_folder_with_id_hash_split_and_ema_trains(tmp_path: Path) -> None:
     assert state["ema"] and state["args"]["ema"] == 0.9
     card = json.loads((tmp_path / "weights" / "png.json").read_text())
     assert card["split"]["kind"] == "id-hash" and card["training"]["ema_decay"] == 0.9
-    saved = load_checkpoint(tmp_path / "weights" / "png.json").model.state_dict()
+    saved = load_checkpoint(
+        tmp_path / "weights" / "png.json", allow_unverified=True
+    ).model.state_dict()
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items()}
     raw = state["model"]
     key = "fc.weight"
@@ -263,7 +265,9 @@ def test_png_folder_with_id_hash_split_and_ema_trains(tmp_path: Path) -> None:
     card = json.loads((tmp_path / "weights" / "png-raw.json").read_text())
     assert card["training"]["saved"] == "the weights at the last step"
     assert card["weights_dtype"] == "float16"
-    plain = load_checkpoint(tmp_path / "weights" / "png-raw.json").model.state_dict()
+    plain = load_checkpoint(
+        tmp_path / "weights" / "png-raw.json", allow_unverified=True
+    ).model.state_dict()
     torch.testing.assert_close(plain[key], raw[key], atol=1e-3, rtol=1e-3)
 
 
@@ -286,7 +290,7 @@ def test_bleed_map_with_synthetic_bleeds_trains_both_heads(
     torch.manual_seed(0)
     initial = build_model(ModelSpec("tiny", 64, bleed_map=True)).state_dict()
     assert main(argv) == 0
-    loaded = load_checkpoint(tmp_path / "w" / "m.json")
+    loaded = load_checkpoint(tmp_path / "w" / "m.json", allow_unverified=True)
     assert loaded.spec.bleed_map and loaded.card.bleed_map == {"stride": 4}
     training = loaded.card.training or {}
     assert "bleed map" in training["loss"] and "100%" in training["synthetic_bleeds"]
