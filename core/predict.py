@@ -14,9 +14,9 @@ requested where there is none; see core.model.integrity). A model loaded with
 ``--allow-unverified`` is named "unverified model" in the table, the JSON and the reports.
 Messages are written for the person at the terminal, never as tracebacks. Patient names and
 IDs are never printed or written: studies are named by their StudyInstanceUID, and PNG file
-names are built from sanitized UIDs, never from the uploaded file names. The PDF reports name the patient by
-the installation's pseudonym (core.review.pseudonym, the same one the dashboard shows), or by
-name and ID with ``--show-identity``.
+names are built from sanitized UIDs, never from the uploaded file names. The PDF reports name
+the patient by the installation's pseudonym (core.review.pseudonym, the same one the dashboard
+shows), or by name and ID with ``--show-identity``.
 """
 
 from __future__ import annotations

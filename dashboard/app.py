@@ -16,11 +16,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # works installed 
 from core.errors import ICHError  # noqa: E402
 from dashboard import resources  # noqa: E402
 from dashboard.state import session  # noqa: E402
-from dashboard.views import intake, model_card, pacs, reports, review, viewer, worklist  # noqa: E402
+from dashboard.views import (  # noqa: E402
+    access,
+    intake,
+    model_card,
+    pacs,
+    reports,
+    review,
+    viewer,
+    worklist,
+)
 from dashboard.views import patient as patient_view  # noqa: E402
 
 st.set_page_config(page_title="ICH review", page_icon="🧠", layout="wide")
 sess = session()
+access.render(sess)  # loopback, the hospital's login, or a refusal (st.stop) with the reason
 try:
     store = resources.current_store()
     names = resources.current_pseudonyms()
@@ -28,7 +38,9 @@ try:
 except ICHError as exc:  # the data folder or the database cannot be used: say so, in words
     st.error(str(exc))
     st.stop()
-predictor, model_message = resources.predictor(resources.weights_dir())
+predictor, model_message = resources.predictor(
+    resources.weights_dir(), resources.allow_unverified()
+)
 
 with st.sidebar:
     st.title("ICH review")

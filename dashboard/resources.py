@@ -7,7 +7,6 @@ gives another resource instead of a stale one.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import streamlit as st
@@ -18,8 +17,9 @@ from core.imaging.png import png_bytes
 from core.imaging.volume import BleedEstimate, outline_layer
 from core.imaging.windowing import apply_window
 from core.inference.predictor import Predictor
-from core.model.checkpoint import DEFAULT_WEIGHTS_DIR
+from core.model.checkpoint import default_weights_dir
 from core.model.gradcam import Heatmap
+from core.model.integrity import allow_unverified_from_env
 from core.pacs.watch_state import STATE_NAME, WatchState
 from core.review.pseudonym import Pseudonymizer, for_installation
 from core.review.store import DB_NAME, ReviewStore, data_dir
@@ -27,16 +27,22 @@ from dashboard.components.slice_viewer import data_url
 
 
 def weights_dir() -> Path:
-    """``$ICH_WEIGHTS`` (a folder of model cards and weights) or the project's weights/."""
-    choice = os.environ.get("ICH_WEIGHTS")
-    return Path(choice) if choice else DEFAULT_WEIGHTS_DIR
+    """``$ICH_WEIGHTS`` (a folder of model cards and weights) or the project's weights/, as
+    for the command-line tools."""
+    return default_weights_dir()
+
+
+def allow_unverified() -> bool:
+    """``ICH_ALLOW_UNVERIFIED=1``: load a model not on the manifest (core.model.integrity)."""
+    return allow_unverified_from_env()
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def predictor(folder: Path) -> tuple[Predictor | None, str]:
-    """The installed model, or None with the reason shown in the model panel."""
+def predictor(folder: Path, unverified_ok: bool = False) -> tuple[Predictor | None, str]:
+    """The installed model, or None with the reason shown in the model panel. An unverified
+    model only with ``unverified_ok`` (and the panel then says so)."""
     try:
-        return Predictor.from_default(weights_dir=folder), ""
+        return Predictor.from_default(weights_dir=folder, allow_unverified=unverified_ok), ""
     except ICHError as exc:
         return None, str(exc)
 

@@ -22,6 +22,9 @@ class Session:
     open_uid: str | None = None
     show_identity: bool = False
     reviewer: str = ""
+    #: The signed-in person's name when the dashboard requires a login (views/access.py):
+    #: then it signs every review and the reviewer field cannot be edited.
+    login_name: str = ""
     # Said once on the next run: a message that must survive the rerun that follows a save
     # (the rerun is what puts the saved review on the worklist above the form at once).
     notices: dict[str, str] = field(default_factory=dict)  # uid → text

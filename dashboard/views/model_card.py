@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.inference.predictor import Predictor
+from core.model.integrity import ALLOW_UNVERIFIED_ENV, UNVERIFIED_LABEL
 from core.notice import CONFIRM, NOTICE
 
 
@@ -17,8 +18,20 @@ def render(predictor: Predictor | None, message: str) -> None:
         )
         return
     card = predictor.loaded.card
+    trust = predictor.loaded.trust
+    if not trust.verified:
+        # Said before the card's own words, which nobody vouches for.
+        st.error(
+            f"**{UNVERIFIED_LABEL.capitalize()}**: {trust.reason}. It was loaded because "
+            f"{ALLOW_UNVERIFIED_ENV}=1 is set; its card (summary, thresholds, metrics) is not "
+            "the one shipped with ICH review.",
+            icon="🚫",
+        )
     summary = card.summary
-    if summary:
+    if not trust.verified and summary:
+        st.caption("Its card says (unverified):")
+        st.text(summary)
+    elif summary:
         # The card's own verdict, with its cross-validated numbers, where it cannot be missed.
         st.info(f"**About this model.** {summary}")
     else:
@@ -28,7 +41,8 @@ def render(predictor: Predictor | None, message: str) -> None:
             "Slice probabilities are refined by the slice-context model (neighbouring slices); "
             "the study's 'any' score is that model's study output."
         )
-    label = f"Model: {predictor.loaded.weights_identity} · runs on {predictor.backend_name}"
+    status = "" if trust.verified else f" — {UNVERIFIED_LABEL}"
+    label = f"Model: {predictor.loaded.weights_identity}{status} · runs on {predictor.backend_name}"
     with st.expander(label, expanded=False):
         st.markdown(
             f"- **Architecture**: {card.arch} at {card.input_size} px\n"

@@ -95,8 +95,18 @@ def render(
             "Overall call", OVERALL_CHOICES, index=None, horizontal=True, key=f"overall-{uid}"
         )
         notes = st.text_area("Notes", key=f"notes-{uid}")
-        remembered = sess.reviewer or st.query_params.get(REVIEWER_PARAM, "")
-        reviewer = st.text_input("Reviewer", value=remembered, key=f"reviewer-{uid}")
+        if sess.login_name:  # the login says who is reviewing: shown, not editable
+            st.text_input(
+                "Reviewer",
+                value=sess.login_name,
+                key=f"reviewer-login-{uid}",
+                disabled=True,
+                help="The name of the account you signed in with.",
+            )
+            reviewer = sess.login_name
+        else:
+            remembered = sess.reviewer or st.query_params.get(REVIEWER_PARAM, "")
+            reviewer = st.text_input("Reviewer", value=remembered, key=f"reviewer-{uid}")
         submitted = st.form_submit_button("Save review", type="primary")
     if submitted and overall is None:
         st.error("Not saved: choose an overall call (hemorrhage, no hemorrhage or uncertain).")
@@ -120,8 +130,9 @@ def render(
         except ICHError as exc:
             st.error(str(exc))
         else:
-            sess.reviewer = reviewer
-            st.query_params[REVIEWER_PARAM] = reviewer
+            if not sess.login_name:
+                sess.reviewer = reviewer
+                st.query_params[REVIEWER_PARAM] = reviewer
             sess.notices[uid] = f"Review saved ({saved.created_at:%Y-%m-%d %H:%M:%S} UTC)."
             st.rerun()  # the worklist, drawn above, shows the new review at once
     if len(history) > 1:

@@ -103,7 +103,7 @@ def _stop(process: subprocess.Popen) -> None:
 def streamlit_server(tiny_weights: Path, tmp_path: Path) -> Iterator[StreamlitServer]:
     """`streamlit run dashboard/app.py` on a free 127.0.0.1 port with the tiny model and an empty
     review database; always stopped (terminate, then kill) at teardown."""
-    yield from _serve(tiny_weights, tmp_path)
+    yield from _serve(tiny_weights, tmp_path, allow_unverified=True)
 
 
 @pytest.fixture
@@ -112,7 +112,10 @@ def shipped_server(tmp_path: Path) -> Iterator[StreamlitServer]:
     yield from _serve(ROOT / "weights", tmp_path)
 
 
-def _serve(weights: Path, tmp_path: Path) -> Iterator[StreamlitServer]:
+def _serve(
+    weights: Path, tmp_path: Path, allow_unverified: bool = False
+) -> Iterator[StreamlitServer]:
+    """The tiny test model is on no manifest: it is served as an "unverified model"."""
     port = _free_port()
     data_dir = tmp_path / "review-data"
     data_dir.mkdir()
@@ -123,6 +126,7 @@ def _serve(weights: Path, tmp_path: Path) -> Iterator[StreamlitServer]:
         "ICH_REVIEW_DATA": str(data_dir),
         "ICH_BACKEND": "auto",  # what a user gets: OpenVINO where it loads, else torch
         "PYTHONUNBUFFERED": "1",
+        **({"ICH_ALLOW_UNVERIFIED": "1"} if allow_unverified else {}),
     }
     cmd = [
         sys.executable,

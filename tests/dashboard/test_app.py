@@ -351,6 +351,8 @@ def test_the_shipped_model_is_the_default(
     at = _start()
     assert any("About this model." in i.value for i in at.sidebar.info)
     assert any(e.label.startswith("Model: ich-resnext101") for e in at.sidebar.expander)
+    assert not any("nverified" in e.label for e in at.sidebar.expander)  # on the manifest
+    assert not any("Unverified model" in e.value for e in at.sidebar.error)
     at = _upload(at, small_zip)
     table = at.main.get("dataframe")[0].value
     threshold = load_checkpoint(find_default_checkpoint()).card.operating_thresholds
