@@ -110,12 +110,17 @@ def render_pdf(data: ReportInput, created: datetime | None = None) -> bytes:
 
     fig = Figure(figsize=A4)
     fig.text(0.06, 0.965, "ICH review — study report", fontsize=17, weight="bold")
-    banner = NOTICE
-    if not data.prediction.model_verified:
-        banner += (
-            f"  Probabilities from an {UNVERIFIED_LABEL.upper()} (not shipped with ICH review)."
+    fig.text(0.06, 0.945, NOTICE, fontsize=8.5, color="#b00020", weight="bold")
+    if not data.prediction.model_verified:  # beside the title, where it cannot be missed
+        fig.text(
+            0.94,
+            0.965,
+            UNVERIFIED_LABEL.upper(),
+            fontsize=13,
+            color="#b00020",
+            weight="bold",
+            ha="right",
         )
-    fig.text(0.06, 0.945, banner, fontsize=8.5, color="#b00020", weight="bold")
     fig.text(
         0.06,
         0.92,
@@ -171,7 +176,11 @@ def render_pdf(data: ReportInput, created: datetime | None = None) -> bytes:
     model_lines = [f"{data.model_name} ({data.model_identity}) — {data.prediction.model_status}"]
     summary = data.card_summary or "Its card records no cross-validated performance."
     if not data.prediction.model_verified:
-        summary = f"Its card, which nobody has verified, says: {summary}"
+        summary = "Not a model shipped with ICH review; " + (
+            f"its card, which nobody has verified, says: {data.card_summary}"
+            if data.card_summary
+            else "its card records no cross-validated performance."
+        )
     model_lines.append(summary)
     fig.text(0.06, 0.185, "\n".join(model_lines), fontsize=8.5, va="top", wrap=True)
     fig.text(

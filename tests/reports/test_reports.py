@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from core.reports.secondary_capture import (
     secondary_capture,
     secondary_capture_bytes,
 )
+from core.reports.study_report import study_report
+from core.review.pseudonym import Pseudonymizer
 from core.review.store import Review
 
 
@@ -117,3 +120,35 @@ def test_secondary_capture_passes_dciodvfy(content, tmp_path: Path) -> None:
     from dicom_validation import dciodvfy_errors
 
     assert dciodvfy_errors(secondary_capture_bytes(content), tmp_path) == []
+
+
+def _pdf_text(content, tmp_path: Path) -> str:
+    path = tmp_path / "report.pdf"
+    path.write_bytes(render_pdf(content))
+    return subprocess.run(
+        ["pdftotext", str(path), "-"], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def test_an_unverified_model_is_named_in_every_report(content, tmp_path: Path) -> None:
+    """The tiny test model is on no manifest (core.model.integrity): loaded with the flag, its
+    results say "unverified model" in the PDF, the Secondary Capture and the JSON report;
+    the same results from a verified model do not."""
+    assert not content.prediction.model_verified
+    text = " ".join(_pdf_text(content, tmp_path).split())
+    assert "UNVERIFIED MODEL" in text and "unverified model" in text
+    assert "Not a model shipped with ICH review" in text
+    comments = pydicom.dcmread(io.BytesIO(secondary_capture_bytes(content))).ImageComments
+    assert "(unverified model)" in comments
+    names = Pseudonymizer("a-test-secret-of-at-least-32-characters")
+    report = study_report(content.study, content.prediction, [], names)
+    assert report["model_status"] == "unverified model"
+
+    verified = replace(content, prediction=replace(content.prediction, model_verified=True))
+    text = " ".join(_pdf_text(verified, tmp_path).split())
+    assert "UNVERIFIED" not in text and "unverified model" not in text
+    comments = pydicom.dcmread(io.BytesIO(secondary_capture_bytes(verified))).ImageComments
+    assert "unverified" not in comments
+    assert study_report(verified.study, verified.prediction, [], names)["model_status"] == (
+        "verified"
+    )
