@@ -25,7 +25,7 @@ def render(predictor: Predictor | None, message: str) -> None:
             f"**{UNVERIFIED_LABEL.capitalize()}**: {trust.reason}. It was loaded because "
             f"{ALLOW_UNVERIFIED_ENV}=1 is set; its card (summary, thresholds, metrics) is not "
             "the one shipped with ICH review.",
-            icon="🚫",
+            icon=":material/gpp_bad:",
         )
     summary = card.summary
     if not trust.verified and summary:
