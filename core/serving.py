@@ -84,6 +84,22 @@ def login_provider(auth: Mapping[str, Any] | None) -> str | None:
     return usable[0] if len(usable) == 1 else None
 
 
+def missing_login_keys(auth: Mapping[str, Any]) -> list[str]:
+    """What an ``[auth]`` table lacks for a login (``[]`` when login_provider finds one), so a
+    half-written secrets.toml is named instead of silently ignored.
+
+    >>> missing_login_keys({"redirect_uri": "https://x/oauth2callback", "client_id": "a"})
+    ['cookie_secret', 'client_secret', 'server_metadata_url']
+    """
+    if login_provider(auth) is not None:
+        return []
+    tables = [auth] + [t for t in auth.values() if isinstance(t, Mapping)]
+    provider = max(tables, key=lambda t: sum(bool(t.get(k)) for k in _PROVIDER_KEYS))
+    missing = [k for k in _SHARED_KEYS if not auth.get(k)]
+    missing += [k for k in _PROVIDER_KEYS if not provider.get(k)]
+    return missing or ["one provider (several [auth.NAME] tables, or a name with '_')"]
+
+
 def allow_open_from_env() -> bool:
     """``ICH_ALLOW_OPEN=1`` (or true/yes): serve beyond loopback without a login."""
     return os.environ.get(ALLOW_OPEN_ENV, "").strip().lower() in ("1", "true", "yes")

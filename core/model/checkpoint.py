@@ -16,7 +16,10 @@ tensors sit in the same files under the ``context.`` prefix and the card's ``con
 describes it, so the CNN and the model that refines its output are verified and versioned as one.
 
 Loading verifies the checksums and the label order before any output is shown, because a
-damaged file or a permuted label list would silently attach probabilities to the wrong finding.
+damaged file or a permuted label list would silently attach probabilities to the wrong finding;
+it range-checks every card field (core.model.card_checks) and compares the card's content
+digest with the manifest of shipped models (core.model.integrity, which has the table of what
+is refused and what loads only as an "unverified model").
 """
 
 from __future__ import annotations

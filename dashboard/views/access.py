@@ -13,7 +13,7 @@ from typing import Any
 import streamlit as st
 from streamlit import config as st_config
 
-from core.serving import allow_open_from_env, decide, login_provider
+from core.serving import allow_open_from_env, decide, login_provider, missing_login_keys
 from dashboard.state import Session
 
 
@@ -40,7 +40,14 @@ def _login_name() -> str:
 
 def render(sess: Session) -> None:
     """Let the person in, or stop the script with the reason on the page."""
-    provider = login_provider(_auth_section())
+    auth = _auth_section()
+    provider = login_provider(auth)
+    if auth is not None and provider is None:
+        st.warning(
+            "The [auth] section of .streamlit/secrets.toml is incomplete ("
+            + ", ".join(missing_login_keys(auth))
+            + " missing): no login is used."
+        )
     access = decide(
         st_config.get_option("server.address"), provider is not None, allow_open_from_env()
     )

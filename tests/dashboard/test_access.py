@@ -60,6 +60,14 @@ def test_beyond_loopback_the_flag_serves_it_open_with_a_warning(
     assert at.sidebar.file_uploader and not any("Not started" in e.value for e in at.error)
 
 
+def test_a_half_written_login_is_named_and_not_used(app_env: Path) -> None:
+    at = _app()
+    at.secrets["auth"] = {k: v for k, v in AUTH.items() if k != "client_secret"}
+    _run(at, "10.1.2.3")
+    assert any("client_secret missing" in w.value for w in at.warning)
+    assert any("Not started" in e.value for e in at.error)  # beyond loopback: still refused
+
+
 def test_with_a_login_configured_it_asks_for_the_login_first(app_env: Path) -> None:
     at = _app()
     at.secrets["auth"] = AUTH
