@@ -241,9 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MODEL
-    if not predictor.loaded.trust.verified:
-        print(f"warning: {UNVERIFIED_LABEL}: {predictor.loaded.trust.reason}", file=sys.stderr)
-
     studies: list[Study] = []
     for source in args.sources:
         try:
@@ -252,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {source}: {exc}", file=sys.stderr)
             return EXIT_INPUT
 
+    if not predictor.loaded.trust.verified:  # said also where only JSON goes to stdout
+        print(f"warning: {UNVERIFIED_LABEL}: {predictor.loaded.trust.reason}", file=sys.stderr)
     for folder in (args.cam_dir, args.report_dir):
         if folder is None:
             continue

@@ -6,7 +6,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import streamlit as st
+from streamlit.runtime.secrets import Secrets
 from streamlit.testing.v1.util import patch_config_options
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_of_this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests set their own secrets (``at.secrets``): a .streamlit/secrets.toml with a login
+    in the developer's checkout would otherwise put every test behind the login page."""
+    empty = Secrets()
+    empty._secrets = {}  # parsed already, and empty: no file is read
+    monkeypatch.setattr(st, "secrets", empty)
 
 
 @pytest.fixture(autouse=True)

@@ -112,7 +112,8 @@ def test_the_dashboard_and_the_command_line_name_the_patient_alike(
     card = find_default_checkpoint(tiny_weights)
     assert card is not None
     out = tmp_path / "reports"
-    argv = [str(small_zip), "--weights", str(card), "--no-volume", "--report-dir", str(out)]
+    argv = [str(small_zip), "--weights", str(card), "--allow-unverified", "--no-volume"]
+    argv += ["--report-dir", str(out)]
     assert predict_main(argv) == 0
     pdf = next(out.glob("*_report.pdf"))
     text = subprocess.run(

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from core.dicom.study import Study, load_studies
-from core.errors import ModelError
+from core.errors import ModelError, UnverifiedModelError
 from core.imaging.volume import FALLBACK_PREFIX
 from core.imaging.windowing import model_input
 from core.inference.predictor import (
@@ -266,8 +266,12 @@ def test_from_default_without_model(tmp_path: Path) -> None:
 
 def test_from_default_loads_the_installed_card(tmp_path: Path) -> None:
     card = make_tiny_checkpoint(tmp_path, name="installed", seed=1)
-    predictor = Predictor.from_default("cpu", weights_dir=tmp_path, batch_size=2)
-    assert predictor.loaded.card_path == card
+    with pytest.raises(UnverifiedModelError, match="not one of the models shipped"):
+        Predictor.from_default("cpu", weights_dir=tmp_path)
+    predictor = Predictor.from_default(
+        "cpu", weights_dir=tmp_path, batch_size=2, allow_unverified=True
+    )
+    assert predictor.loaded.card_path == card and not predictor.loaded.trust.verified
     assert predictor.weights_identity.startswith("installed@")
     assert predictor.batch_size == 2
 
