@@ -35,6 +35,7 @@ from core.dicom.study import Series, Study
 from core.dicom.uids import frame_of_reference_uid, valid_uid
 from core.errors import ICHError
 from core.imaging.volume import BleedEstimate
+from core.model.integrity import UNVERIFIED_LABEL
 from core.reports.pdf import ReportInput
 from core.reports.secondary_capture import MANUFACTURER
 
@@ -73,10 +74,12 @@ class SegmentationInput:
         """The SEG of what a report shows (its estimate is on the study's default series)."""
         if data.estimate is None:
             raise EmptyOutlineError("No bleed outline was estimated for this study: no DICOM SEG.")
+        name = data.model_name
+        if not data.prediction.model_verified:  # the PACS reader sees it as the algorithm's name
+            name = f"{name} ({UNVERIFIED_LABEL})"
         return cls.from_estimate(
-            data.study, data.study.default_series, data.estimate, data.model_name,
-            data.model_identity,
-        )  # fmt: skip
+            data.study, data.study.default_series, data.estimate, name, data.model_identity
+        )
 
     @classmethod
     def from_estimate(

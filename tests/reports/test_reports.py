@@ -25,6 +25,7 @@ from core.reports.secondary_capture import (
     secondary_capture,
     secondary_capture_bytes,
 )
+from core.reports.segmentation import SegmentationInput
 from core.reports.study_report import study_report
 from core.review.pseudonym import Pseudonymizer
 from core.review.store import Review
@@ -140,6 +141,7 @@ def test_an_unverified_model_is_named_in_every_report(content, tmp_path: Path) -
     assert "Not a model shipped with ICH review" in text
     comments = pydicom.dcmread(io.BytesIO(secondary_capture_bytes(content))).ImageComments
     assert "(unverified model)" in comments
+    assert SegmentationInput.from_report(content).model_name == "tiny-test (unverified model)"
     names = Pseudonymizer("a-test-secret-of-at-least-32-characters")
     report = study_report(content.study, content.prediction, [], names)
     assert report["model_status"] == "unverified model"
@@ -149,6 +151,7 @@ def test_an_unverified_model_is_named_in_every_report(content, tmp_path: Path) -
     assert "UNVERIFIED" not in text and "unverified model" not in text
     comments = pydicom.dcmread(io.BytesIO(secondary_capture_bytes(verified))).ImageComments
     assert "unverified" not in comments
+    assert SegmentationInput.from_report(verified).model_name == "tiny-test"
     assert study_report(verified.study, verified.prediction, [], names)["model_status"] == (
         "verified"
     )
