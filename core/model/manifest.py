@@ -22,7 +22,7 @@ class ShippedModel(NamedTuple):
 SHIPPED: tuple[ShippedModel, ...] = (
     ShippedModel(
         "ich-resnext101-32x4d-v3",
-        "5855abe16a2a1788e1127886f95b36d0a726c35f1761cc6b5c286e9f8a637305",
+        "b4f39441a8ca612c24e4d4d17a3552d1a94e6ae3ade27fac16c617300dff1e9d",
         "9ea9aae88afc98c29bdd0542aac364404663a653c3ac76706705a6019ef03ed2",
     ),
     ShippedModel(
