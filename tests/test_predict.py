@@ -225,6 +225,7 @@ def test_an_empty_outline_writes_no_seg_and_says_why(
 ) -> None:
     out, reports = tmp_path / "out.json", tmp_path / "reports"
     argv = [str(small_zip), "--weights", str(card), "--json", str(out), "--flag-threshold", "0.99"]
+    argv += ["--allow-unverified"]
     assert main([*argv, "--report-dir", str(reports), "--device", "cpu"]) == EXIT_OK
     entry = json.loads(out.read_text(encoding="utf-8"))["studies"][0]
     assert entry["bleed_estimate"]["volume_ml"] == 0  # nothing reaches P(any) 0.99
