@@ -33,7 +33,7 @@ from pathlib import Path
 
 from core.errors import ICHError, ModelError, NotCTStudyError, PacsError
 from core.inference.predictor import Predictor, ResultCache, resolve_device
-from core.model.checkpoint import DEFAULT_WEIGHTS_DIR, find_default_checkpoint, load_checkpoint
+from core.model.checkpoint import default_weights_dir, find_default_checkpoint, load_checkpoint
 from core.pacs.dicomweb import ENV_CA, ENV_PASSWORD, ENV_URL, ENV_USER, DicomWebSource, PacsSettings
 from core.pacs.feeds import Feed, detect_feed
 from core.pacs.triage import result_objects, save_to_worklist, score
@@ -173,15 +173,19 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
-def watch_predictor(weights: Path | None) -> Predictor:
+def watch_predictor(weights: Path | None, allow_unverified: bool = False) -> Predictor:
     """The model to score with: a card, a weights folder, or the installed one; with a
-    one-entry result cache (the watcher never looks at a study twice)."""
-    choice = weights or Path(os.environ.get("ICH_WEIGHTS") or DEFAULT_WEIGHTS_DIR)
+    one-entry result cache (the watcher never looks at a study twice). A model not on the
+    manifest only with ``allow_unverified`` (core.model.integrity)."""
+    choice = weights or default_weights_dir()
     card = choice if choice.suffix == ".json" else find_default_checkpoint(choice)
     if card is None:
         raise ModelError(f"No model card found in {choice}.")
     device = resolve_device(None)
-    return Predictor(load_checkpoint(card, device=device), device=device, cache=ResultCache(1))
+    loaded = load_checkpoint(card, device=device, allow_unverified=allow_unverified)
+    if not loaded.trust.verified:
+        log.warning("scoring with an unverified model: %s", loaded.trust.reason)
+    return Predictor(loaded, device=device, cache=ResultCache(1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         "--store-results", action="store_true", help="send SR + Secondary Capture back"
     )
     parser.add_argument("--weights", type=Path, help="model card or weights folder")
+    parser.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="score with a model not on the manifest (core.model.integrity)",
+    )
     parser.add_argument("--feed", choices=("auto", "orthanc", "qido"), default="auto")
     parser.add_argument("--days", type=int, default=1, help="QIDO feed: last N days (0: all)")
     parser.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS)
@@ -234,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_PACS
     try:
-        predictor = watch_predictor(args.weights)
+        predictor = watch_predictor(args.weights, args.allow_unverified)
     except ICHError as exc:
         log.error("%s", exc)
         return EXIT_MODEL

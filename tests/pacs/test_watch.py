@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny(tiny_weights: Path) -> Predictor:
     card = find_default_checkpoint(tiny_weights)
     assert card is not None
-    return Predictor(load_checkpoint(card), cache=ResultCache(1))
+    return Predictor(load_checkpoint(card, allow_unverified=True), cache=ResultCache(1))
 
 
 def patient_ids(zips: list[Path]) -> set[str]:
@@ -167,7 +167,8 @@ def test_killed_mid_way_it_resumes_and_scores_each_once(
     upload_all(pacs, slices)
     uids.append(dated)
     wait_stable(pacs, 4)
-    cmd = _watch_cmd(settings, "--weights", str(tiny_weights), "--store-results")
+    cmd = _watch_cmd(settings, "--weights", str(tiny_weights), "--allow-unverified")
+    cmd += ["--store-results"]
     first = subprocess.Popen(cmd, env=_env(settings), stderr=subprocess.PIPE, text=True)
     seen: list[str] = []
     try:
@@ -219,7 +220,10 @@ def test_the_command_says_plainly_when_the_pacs_cannot_be_used(
     gone = PacsSettings("http://127.0.0.1:9/dicom-web")
     for bad, expected in ((wrong, "refused the login (HTTP 401)"), (gone, "cannot be reached")):
         run = subprocess.run(
-            [*_watch_cmd(bad, "--weights", str(tiny_weights), "--once", "--feed", "qido")],
+            [
+                *_watch_cmd(bad, "--weights", str(tiny_weights), "--allow-unverified"),
+                *("--once", "--feed", "qido"),
+            ],
             env=_env(bad),
             capture_output=True,
             text=True,

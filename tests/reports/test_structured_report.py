@@ -28,7 +28,8 @@ from core.reports.structured_report import (
 @pytest.fixture(scope="module")
 def scored(small_zip: Path, tiny_weights: Path):  # noqa: ANN201
     predictor = Predictor(
-        load_checkpoint(find_default_checkpoint(tiny_weights)), cache=ResultCache(1)
+        load_checkpoint(find_default_checkpoint(tiny_weights), allow_unverified=True),
+        cache=ResultCache(1),
     )  # type: ignore[arg-type]
     study = load_studies(small_zip)[0]
     prediction = predictor.predict(study)
