@@ -42,6 +42,7 @@ def watcher(pacs_env: PacsSettings, streamlit_server, tiny_weights: Path) -> Ite
     cmd = [
         sys.executable, "-m", "core.watch", "--dicomweb", pacs_env.url,
         "--user", pacs_env.username, "--interval", "1", "--weights", str(tiny_weights),
+        "--allow-unverified",  # the tiny test model is on no manifest
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
