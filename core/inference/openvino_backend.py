@@ -10,7 +10,7 @@ How it is shaped:
 
 * Conversion (``ov.convert_model`` on the loaded torch module, classifier and bleed-map head
   together through ``_WithMap``) takes tens of seconds for ResNeXt-101, so its result, the IR,
-  is kept in the app's data folder (``core.review.store.data_dir()/openvino``), in a folder
+  is kept in the app's data folder (``core.data_folder.data_dir()/openvino``), in a folder
   named by the weights' sha256, the input size and the OpenVINO version: a later start only
   reads it (a fraction of a second), and new weights or a new OpenVINO never reuse an old one.
 * Precision from the CPU, detected, never assumed: bf16 where the CPU has bf16 units
@@ -136,7 +136,7 @@ class _WithMap(nn.Module):
 
 def ir_folder(loaded: LoadedModel, root: Path | None = None) -> Path:
     """Where the IR of these weights, at this input size, for this OpenVINO is kept."""
-    from core.review.store import data_dir
+    from core.data_folder import data_dir
 
     version = re.sub(r"[^A-Za-z0-9.]+", "-", (openvino_version() or "none").split("-")[0])
     name = f"{loaded.weights_sha256[:24]}-{loaded.spec.arch}-{loaded.spec.input_size}px-ov{version}"

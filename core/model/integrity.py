@@ -128,9 +128,7 @@ class ModelTrust:
 NOT_LOADED = ModelTrust(False, "", "it was not loaded from a model card")
 
 
-def assess(
-    card: Mapping[str, Any], shipped: tuple[ShippedModel, ...] | None = None
-) -> ModelTrust:
+def assess(card: Mapping[str, Any], shipped: tuple[ShippedModel, ...] | None = None) -> ModelTrust:
     """Compare the card with its stored digest and with the manifest (``shipped``, default
     core.model.manifest.SHIPPED as imported here); its fields are already range-checked.
 

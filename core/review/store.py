@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from core.data_folder import data_dir, ensure_folder  # noqa: F401 - re-exported
 from core.errors import StoreError
 from core.labels import LABELS
 from core.review.audit import CHAINED_COLUMNS, GENESIS, row_hash
@@ -35,27 +36,6 @@ DB_NAME = "reviews.sqlite3"
 Overall = Literal["hemorrhage", "no hemorrhage", "uncertain"]
 OVERALL_CHOICES: tuple[str, ...] = ("hemorrhage", "no hemorrhage", "uncertain")
 Agreement = Literal["agree", "disagree"]
-
-
-def data_dir(create: bool = True) -> Path:
-    """The app's own data folder (created on first use unless ``create`` is False); nothing is
-    written outside it."""
-    root = os.environ.get("ICH_REVIEW_DATA")
-    path = Path(root).expanduser() if root else Path(__file__).resolve().parents[2] / "data"
-    if create:
-        ensure_folder(path)
-    return path
-
-
-def ensure_folder(path: Path) -> None:
-    """Create the folder, or say in words why it cannot be (not an OSError traceback)."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(
-            f"The data folder {path} cannot be created ({exc.strerror or exc}). Set "
-            "ICH_REVIEW_DATA to a folder this account can write to, or ask IT to create it."
-        ) from exc
 
 
 @dataclass(frozen=True)

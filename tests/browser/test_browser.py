@@ -398,7 +398,7 @@ SEG_STUDY = "ID_286f17f9e7"  # a real study whose hematoma the shipped model out
 
 @pytest.mark.slow
 def test_the_bleed_outline_downloads_as_a_dicom_seg(
-    shipped_server, browser_page, study_zips: list[Path], output_dir: Path
+    shipped_server, browser_page, study_zips: list[Path], output_dir: Path, monkeypatch
 ) -> None:
     """On a real bleeding study, "Download DICOM SEG" hands the browser a SEG whose mask is the
     shipped model's outline of that study, frame for slice."""
@@ -408,7 +408,12 @@ def test_the_bleed_outline_downloads_as_a_dicom_seg(
 
     path = next(p for p in study_zips if p.stem == SEG_STUDY)
     (study,) = load_studies(path)
-    predictor = Predictor(load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache())
+    # The server's backend (auto: OpenVINO bf16 where the CPU has it) and its data folder, so
+    # that the outline compared is the one the page computed, not torch fp32's.
+    monkeypatch.setenv("ICH_REVIEW_DATA", str(shipped_server.data_dir))
+    predictor = Predictor(
+        load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache(), backend="auto"
+    )
     estimate = predictor.localise(study.default_series, predictor.predict(study))
     assert estimate.mask.any(), f"the shipped model outlines nothing on {SEG_STUDY}"
 

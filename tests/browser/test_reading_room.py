@@ -23,11 +23,14 @@ STUDY = "ID_b026766696"  # a real study with a large hematoma, off-centre along 
 
 @pytest.mark.slow
 def test_scoring_message_then_the_peak_slice_then_a_review_on_the_worklist(
-    shipped_server, browser_page, study_zips: list[Path], output_dir: Path
+    shipped_server, browser_page, study_zips: list[Path], output_dir: Path, monkeypatch
 ) -> None:
     path = next(p for p in study_zips if p.stem == STUDY)
     (study,) = load_studies(path)
-    predictor = Predictor(load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache())
+    monkeypatch.setenv("ICH_REVIEW_DATA", str(shipped_server.data_dir))  # the server's backend
+    predictor = Predictor(
+        load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache(), backend="auto"
+    )
     peak = int(predictor.predict(study).peak_slice["any"]) + 1
     n = study.default_series.n_slices
     assert peak != (n + 1) // 2  # else opening at the peak could not be told from the middle
