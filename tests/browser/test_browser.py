@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Locator, Page, expect
-from viewer_page import shown_slice, viewer_frame
+from playwright.sync_api import Page, expect
+from viewer_page import plotly_chart, shown_slice, slice_caption, viewer_frame
 
 from core.dicom.study import Study, load_studies
 from core.imaging.volume import OUTLINE_RGB
@@ -31,27 +31,8 @@ CAPTION_RE = re.compile(r"Slice (\d+) of (\d+) · z = (-?[\d.]+) mm · W (-?\d+)
 MIN_SCREENSHOT_BYTES = 20_000
 
 
-def _slice_figure(page: Page) -> Locator:
-    """The caption under the slice viewer ('Slice k of N · z = … mm · W … L …')."""
-    return (
-        page.get_by_test_id("stMain")
-        .get_by_test_id("stCaptionContainer")
-        .filter(has_text=re.compile(r"^Slice \d+ of \d+ "))
-    )
-
-
-def _plotly_chart(page: Page, title: str) -> Locator:
-    """The main-area plotly chart whose title is exactly ``title``."""
-    exact = re.compile(rf"^\s*{re.escape(title)}\s*$")
-    return (
-        page.get_by_test_id("stMain")
-        .locator(".js-plotly-plot")
-        .filter(has=page.locator(".gtitle", has_text=exact))
-    )
-
-
 def _caption(page: Page) -> str:
-    return _slice_figure(page).inner_text().strip()
+    return slice_caption(page).inner_text().strip()
 
 
 def _parse_caption(text: str) -> tuple[int, int, float, int, int]:
@@ -171,11 +152,11 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     expect(sidebar.get_by_text(small_zip.name).first).to_be_visible()
 
     # The slice image, then the probability chart (after the model ran).
-    expect(_slice_figure(page)).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
-    bars = _plotly_chart(page, "Probabilities")
+    expect(slice_caption(page)).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    bars = plotly_chart(page, "Probabilities")
     expect(bars).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
     expect(sidebar.get_by_text(f"{small_zip.name}: 1 study loaded.")).to_be_visible()
-    strip = _plotly_chart(page, "Per-slice probabilities (click a slice to open it)")
+    strip = plotly_chart(page, "Per-slice probabilities (click a slice to open it)")
     expect(strip).to_be_visible()
     # P = 0 is drawn dark, as the scale says, not in a theme colour (it was red, then lavender):
     # the colour bar's gradient as the browser draws it starts at Inferno's near-black.
@@ -186,7 +167,7 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     darkest = min((max(_rgb(c)) for c in stops if c), default=255)
     assert darkest < 40, f"the strip's colour bar has no dark end: {stops}"
     expect(main.get_by_text("Running the model")).to_have_count(0)
-    expect(_slice_figure(page)).to_contain_text(f" of {n} ")
+    expect(slice_caption(page)).to_contain_text(f" of {n} ")
     k, src = _assert_shows_slice(page, study)
     expect(bars).to_contain_text(f"slice {k}")
     expect(bars).to_contain_text("study (max)")
@@ -216,7 +197,7 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     button = main.get_by_role("button", name="Next ▶" if step == 1 else "◀ Previous")
     expect(button).to_be_enabled()
     button.click()
-    expect(_slice_figure(page)).to_contain_text(f"Slice {k + step} of {n} ")
+    expect(slice_caption(page)).to_contain_text(f"Slice {k + step} of {n} ")
     viewer_frame(page).wait_for_function(
         "(k) => document.getElementById('stage').dataset.slice === String(k)", arg=k + step
     )
@@ -231,7 +212,7 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     expect(switch).not_to_be_checked()
     main.get_by_text("Grad-CAM heatmap", exact=True).click()
     expect(switch).to_be_checked()
-    caption = _slice_figure(page)
+    caption = slice_caption(page)
     expect(caption).to_contain_text("Grad-CAM 'any'", timeout=FIRST_PREDICTION_TIMEOUT_MS)
     expect(caption).to_contain_text("P =")
     expect(caption).to_contain_text(f"Slice {k2} of {n} ")
@@ -273,7 +254,7 @@ def test_upload_view_scroll_and_heatmap_in_chromium(
     page.mouse.click(
         area["x"] + (target - 0.5) / n * area["width"], area["y"] + 0.5 / 6 * area["height"]
     )
-    expect(_slice_figure(page)).to_contain_text(
+    expect(slice_caption(page)).to_contain_text(
         f"Slice {target} of {n} ", timeout=FIRST_PREDICTION_TIMEOUT_MS
     )
     assert shown_slice(viewer_frame(page)) == target
@@ -314,7 +295,7 @@ def test_upload_to_probabilities_of_a_36_slice_study_names_the_backend(
     assert backend.startswith(expected), model_line.inner_text()
     start = time.perf_counter()
     sidebar.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(str(path))
-    expect(_plotly_chart(page, "Probabilities")).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    expect(plotly_chart(page, "Probabilities")).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
     seconds = time.perf_counter() - start
     print(f"\nupload -> probabilities in Chromium: {seconds:.2f} s for {n} slices on {backend}")
     assert seconds < FIRST_PREDICTION_TIMEOUT_MS / 1000
@@ -351,7 +332,7 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     page.goto(shipped_server.url, wait_until="domcontentloaded")
     sidebar, main = page.get_by_test_id("stSidebar"), page.get_by_test_id("stMain")
     sidebar.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(str(path))
-    expect(_plotly_chart(page, "Probabilities")).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    expect(plotly_chart(page, "Probabilities")).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
     expect(sidebar.get_by_text("About this model.")).to_be_visible()
     # The shipped model never trained on the shared studies: no in-sample warning.
     expect(main.get_by_text("part of the model's training data")).to_have_count(0)
@@ -361,7 +342,7 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     page.keyboard.press("Home")
     for _ in range(target - 1):
         page.keyboard.press("ArrowRight")
-    caption = _slice_figure(page)
+    caption = slice_caption(page)
     expect(caption).to_contain_text(f"Slice {target} of {study.default_series.n_slices} ")
 
     if with_map:
@@ -423,7 +404,7 @@ def test_the_bleed_outline_downloads_as_a_dicom_seg(
     page.goto(shipped_server.url, wait_until="domcontentloaded")
     sidebar, main = page.get_by_test_id("stSidebar"), page.get_by_test_id("stMain")
     sidebar.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(str(path))
-    expect(_plotly_chart(page, "Probabilities")).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    expect(plotly_chart(page, "Probabilities")).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
     button = main.get_by_role("button", name="Download DICOM SEG")
     expect(button).to_be_disabled()
     main.get_by_role("button", name="Prepare reports").click()

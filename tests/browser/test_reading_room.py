@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
-from test_browser import FIRST_PREDICTION_TIMEOUT_MS, STEP_TIMEOUT_MS, _plotly_chart
-from viewer_page import shown_slice, viewer_frame
+from test_browser import FIRST_PREDICTION_TIMEOUT_MS, STEP_TIMEOUT_MS
+from viewer_page import plotly_chart, shown_slice, viewer_frame
 
 from core.dicom.study import load_studies
 from core.inference.predictor import Predictor, ResultCache
@@ -49,7 +49,7 @@ def test_scoring_message_then_the_peak_slice_then_a_review_on_the_worklist(
     still = scoring.count() > 0
     page.screenshot(path=str(output_dir / "viewer-scoring.png"))
     print(f"\nSCORING shown as: {scoring.first.inner_text() if still else '(already done)'!r}")
-    expect(_plotly_chart(page, "Probabilities")).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
+    expect(plotly_chart(page, "Probabilities")).to_be_visible(timeout=FIRST_PREDICTION_TIMEOUT_MS)
     expect(scoring).to_have_count(0)
     expect(main.get_by_text(f"Slice {peak} of {n} ", exact=False).first).to_be_visible()
     frame = viewer_frame(page)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.sync_api import Frame, Locator, Page, expect
-from viewer_page import current_image, shown_slice, viewer_frame
+from playwright.sync_api import Frame, Page, expect
+from viewer_page import current_image, plotly_chart, shown_slice, slice_caption, viewer_frame
 
 from core.dicom.study import load_studies
 from core.imaging.orientation import edge_markers
@@ -23,24 +23,6 @@ from core.imaging.windowing import PRESETS, apply_window
 FIRST_PREDICTION_TIMEOUT_MS = 120_000  # reading + first model run on 2 busy CPU cores
 STEP_TIMEOUT_MS = 60_000
 WHEEL_SAMPLES = 20
-
-
-def slice_caption(page: Page) -> Locator:
-    """The caption under the viewer: 'Slice k of N · z = … mm · W … L …'."""
-    return (
-        page.get_by_test_id("stMain")
-        .get_by_test_id("stCaptionContainer")
-        .filter(has_text=re.compile(r"^Slice \d+ of \d+"))
-    )
-
-
-def plotly_chart(page: Page, title: str) -> Locator:
-    exact = re.compile(rf"^\s*{re.escape(title)}\s*$")
-    return (
-        page.get_by_test_id("stMain")
-        .locator(".js-plotly-plot")
-        .filter(has=page.locator(".gtitle", has_text=exact))
-    )
 
 
 def _wait_settled(page: Page, frame: Frame, k: int, n: int) -> None:

@@ -1,17 +1,38 @@
-"""Helpers for the browser tests that read the slice viewer component (its iframe)."""
+"""Helpers for the browser tests that read the page: the slice viewer component (its iframe),
+the caption under it and the plotly charts."""
 
 from __future__ import annotations
 
 import base64
 import io
+import re
 import time
 
 import numpy as np
 from PIL import Image
-from playwright.sync_api import Frame, Page
+from playwright.sync_api import Frame, Locator, Page
 
 STEP_TIMEOUT_MS = 60_000
 COMPONENT = "dashboard.components.slice_viewer.slice_viewer"
+
+
+def slice_caption(page: Page) -> Locator:
+    """The caption under the slice viewer ('Slice k of N · z = … mm · W … L …')."""
+    return (
+        page.get_by_test_id("stMain")
+        .get_by_test_id("stCaptionContainer")
+        .filter(has_text=re.compile(r"^Slice \d+ of \d+ "))
+    )
+
+
+def plotly_chart(page: Page, title: str) -> Locator:
+    """The main-area plotly chart whose title is exactly ``title``."""
+    exact = re.compile(rf"^\s*{re.escape(title)}\s*$")
+    return (
+        page.get_by_test_id("stMain")
+        .locator(".js-plotly-plot")
+        .filter(has=page.locator(".gtitle", has_text=exact))
+    )
 
 
 def viewer_frame(page: Page) -> Frame:
