@@ -112,6 +112,19 @@ def shipped_server(tmp_path: Path) -> Iterator[StreamlitServer]:
     yield from _serve(ROOT / "weights", tmp_path)
 
 
+@pytest.fixture
+def shipped_predictor(shipped_server: StreamlitServer, monkeypatch: pytest.MonkeyPatch):
+    """The shipped model as the server runs it: its backend (auto: OpenVINO bf16 where the CPU
+    has it) and its data folder (one conversion), so the test compares with what the page
+    computed, not with torch fp32's slightly different numbers."""
+    from core.inference.predictor import Predictor, ResultCache
+    from core.model.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("ICH_REVIEW_DATA", str(shipped_server.data_dir))
+    loaded = load_checkpoint(shipped_server.weights_dir)
+    return Predictor(loaded, "cpu", cache=ResultCache(), backend="auto")
+
+
 def _serve(
     weights: Path, tmp_path: Path, allow_unverified: bool = False
 ) -> Iterator[StreamlitServer]:

@@ -21,8 +21,6 @@ from core.dicom.study import Study, load_studies
 from core.imaging.volume import OUTLINE_RGB
 from core.imaging.windowing import apply_window
 from core.inference.openvino_backend import available_precisions
-from core.inference.predictor import Predictor, ResultCache
-from core.model.checkpoint import load_checkpoint
 from core.review.pseudonym import for_installation
 
 FIRST_PREDICTION_TIMEOUT_MS = 120_000  # reading + first model run on 2 CPU cores
@@ -303,20 +301,13 @@ def test_upload_to_probabilities_of_a_36_slice_study_names_the_backend(
 
 @pytest.mark.slow
 def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
-    shipped_server, browser_page, study_zips: list[Path], output_dir: Path, monkeypatch
+    shipped_server, shipped_predictor, browser_page, study_zips: list[Path], output_dir: Path
 ) -> None:
     """The shipped model on a real bleeding study: the outline is drawn on the slice where the
     estimate is largest, with its area in the caption and the volume beside it."""
     path = next(p for p in study_zips if p.stem == OUTLINE_STUDY)
     (study,) = load_studies(path)
-    # The server's backend (auto) and its data folder: the same numbers, one conversion.
-    monkeypatch.setenv("ICH_REVIEW_DATA", str(shipped_server.data_dir))
-    predictor = Predictor(
-        load_checkpoint(shipped_server.weights_dir, allow_unverified=True),
-        "cpu",
-        cache=ResultCache(),
-        backend="auto",
-    )
+    predictor = shipped_predictor
     prediction = predictor.predict(study)
     with_map = predictor.has_bleed_map  # the model's own outline, at the card's threshold
     estimate = predictor.localise(
@@ -379,7 +370,7 @@ SEG_STUDY = "ID_286f17f9e7"  # a real study whose hematoma the shipped model out
 
 @pytest.mark.slow
 def test_the_bleed_outline_downloads_as_a_dicom_seg(
-    shipped_server, browser_page, study_zips: list[Path], output_dir: Path, monkeypatch
+    shipped_server, shipped_predictor, browser_page, study_zips: list[Path], output_dir: Path
 ) -> None:
     """On a real bleeding study, "Download DICOM SEG" hands the browser a SEG whose mask is the
     shipped model's outline of that study, frame for slice."""
@@ -389,12 +380,7 @@ def test_the_bleed_outline_downloads_as_a_dicom_seg(
 
     path = next(p for p in study_zips if p.stem == SEG_STUDY)
     (study,) = load_studies(path)
-    # The server's backend (auto: OpenVINO bf16 where the CPU has it) and its data folder, so
-    # that the outline compared is the one the page computed, not torch fp32's.
-    monkeypatch.setenv("ICH_REVIEW_DATA", str(shipped_server.data_dir))
-    predictor = Predictor(
-        load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache(), backend="auto"
-    )
+    predictor = shipped_predictor
     estimate = predictor.localise(study.default_series, predictor.predict(study))
     assert estimate.mask.any(), f"the shipped model outlines nothing on {SEG_STUDY}"
 

@@ -15,23 +15,17 @@ from test_browser import FIRST_PREDICTION_TIMEOUT_MS, STEP_TIMEOUT_MS
 from viewer_page import plotly_chart, shown_slice, viewer_frame
 
 from core.dicom.study import load_studies
-from core.inference.predictor import Predictor, ResultCache
-from core.model.checkpoint import load_checkpoint
 
 STUDY = "ID_b026766696"  # a real study with a large hematoma, off-centre along the head
 
 
 @pytest.mark.slow
 def test_scoring_message_then_the_peak_slice_then_a_review_on_the_worklist(
-    shipped_server, browser_page, study_zips: list[Path], output_dir: Path, monkeypatch
+    shipped_server, shipped_predictor, browser_page, study_zips: list[Path], output_dir: Path
 ) -> None:
     path = next(p for p in study_zips if p.stem == STUDY)
     (study,) = load_studies(path)
-    monkeypatch.setenv("ICH_REVIEW_DATA", str(shipped_server.data_dir))  # the server's backend
-    predictor = Predictor(
-        load_checkpoint(shipped_server.weights_dir), "cpu", cache=ResultCache(), backend="auto"
-    )
-    peak = int(predictor.predict(study).peak_slice["any"]) + 1
+    peak = int(shipped_predictor.predict(study).peak_slice["any"]) + 1
     n = study.default_series.n_slices
     assert peak != (n + 1) // 2  # else opening at the peak could not be told from the middle
 
