@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--amp",
         choices=["auto", "fp16", "bf16", "off"],
         default="auto",
-        help="auto: bf16 on GPUs that have it (else fp16), and on CPUs with bf16 units "
-        "(AMX or AVX-512-BF16; fp32 on others, where bf16 is far slower)",
+        help="auto: bf16 on GPUs that have it (else fp16); on CPUs with bf16 units, bf16 only "
+        "where a one-second probe finds a training step faster in it (else fp32)",
     )
     p.add_argument("--workers", type=int, help="data loader processes (default: auto)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")

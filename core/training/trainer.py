@@ -105,6 +105,7 @@ from core.training.objective import (
     validation_metrics,
     weighted_bce,
 )
+from core.training.precision import probe_cpu_bf16
 from core.training.synthetic import SyntheticBleedSlices
 
 log = logging.getLogger("core.training.trainer")
@@ -148,10 +149,19 @@ class Trainer:
             self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
             torch.backends.cudnn.benchmark = True
         else:
-            # bf16 only where the CPU has bf16 units: elsewhere it is ~100× slower than fp32.
+            # bf16 only where it makes a step faster here (measured: core.training.precision);
+            # on CPUs without AMX it was 16-100x slower, avx512_bf16 or not.
             amp = args.amp
             if amp == "auto":
-                amp = "bf16" if cpu_has_bf16() else "off"
+                amp = "off"
+                if cpu_has_bf16():
+                    probe = probe_cpu_bf16()
+                    amp = "bf16" if probe.bf16_faster else "off"
+                    log.info(
+                        "bf16 units found; %s: training in %s",
+                        probe.describe(),
+                        "bf16" if amp == "bf16" else "fp32",
+                    )
             if amp == "fp16":
                 raise ValueError("--amp fp16 is for GPUs; on a CPU use bf16 or off")
             self.amp_dtype = torch.bfloat16 if amp == "bf16" else None

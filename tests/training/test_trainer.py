@@ -18,7 +18,7 @@ import torch
 from data_paths import DATA, LABELLED, ROOT, require
 
 from core.dicom.study import load_studies
-from core.inference.predictor import Predictor, cpu_has_bf16
+from core.inference.predictor import Predictor
 from core.labels import LABELS
 from core.model.checkpoint import ModelSpec, build_model, load_checkpoint
 from core.train import main, parse_args
@@ -71,17 +71,28 @@ def test_a_few_steps_on_real_slices_lower_the_loss(tmp_path: Path, two_zips) -> 
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_cpu_training_precision_follows_the_bf16_units(
+def test_cpu_training_precision_follows_the_bf16_units_and_the_probe(
     tmp_path: Path, two_zips, monkeypatch
 ) -> None:
     import core.training.trainer as trainer_module
+    from core.training.precision import PrecisionProbe
 
-    for has, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda has=has: has)
-        argv = tiny_args(two_zips, tmp_path / expected, "--no-val", "--epochs", "1")
+    probes: list[bool] = []
+
+    def probe(faster: bool) -> PrecisionProbe:
+        probes.append(faster)
+        return PrecisionProbe(fp32_s=1.0, bf16_s=0.5 if faster else 3.0)
+
+    # (bf16 units, bf16 step faster in the probe) -> precision; no units: no probe at all
+    cases = [((True, True), "bf16"), ((True, False), "fp32"), ((False, True), "fp32")]
+    for (units, faster), expected in cases:
+        monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda units=units: units)
+        monkeypatch.setattr(trainer_module, "probe_cpu_bf16", lambda faster=faster: probe(faster))
+        argv = tiny_args(two_zips, tmp_path / f"{units}{faster}", "--no-val", "--epochs", "1")
         trainer = Trainer(parse_args(argv))
         assert trainer.precision == expected
-        assert trainer.amp_dtype == (torch.bfloat16 if has else None)
+        assert trainer.amp_dtype == (torch.bfloat16 if expected == "bf16" else None)
+    assert probes == [True, False]
 
 
 def test_resume_continues_from_the_saved_step(tmp_path: Path, two_zips) -> None:
@@ -156,8 +167,8 @@ def test_cli_writes_checkpoint_predictions_embeddings_and_a_loadable_model(
     (where,) = meta["metrics"]
     assert where.startswith("validation split (fold 1 of 2 by patient")
     assert meta["training"]["init"] == "imagenet.pth"
-    # --amp auto: bf16 autocast where this CPU has bf16 units, fp32 elsewhere; the card says which
-    assert meta["training"]["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
+    # --amp auto: bf16 autocast only where it measured faster here; the card says which
+    assert meta["training"]["precision"] in ("bf16", "fp32")
 
     # The app loads the card and scores a validation study as the trainer did.
     predictor = Predictor(load_checkpoint(card, allow_unverified=True), "cpu")
