@@ -55,6 +55,7 @@ from core.model.card import CARD_FORMAT, RESERVED_CARD_KEYS, ModelCard
 from core.model.card_checks import problems as card_problems
 from core.model.context import ContextSpec, SliceContext
 from core.model.integrity import NOT_LOADED, UNVERIFIED_LABEL, ModelTrust, assess, stamp
+from core.model.manifest import SHIPPED
 from core.notice import NOTICE
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,19 @@ def combined_sha256(file_hashes: list[str]) -> str:
 def weights_identity(name: str, sha256: str) -> str:
     """Short stable id of a set of weights, for caches and for labelling results."""
     return f"{name}@{sha256[:12]}"
+
+
+def identity_status(identity: str | None) -> str:
+    """ "verified" when ``identity`` (a saved result's weights_identity) names the weights of a
+    model this version ships (core.model.manifest), UNVERIFIED_LABEL otherwise, "" for None.
+
+    For results saved earlier, where only the identity was kept: it vouches for the weights,
+    not for the card they were loaded with (load_checkpoint checks both for the model in use).
+    """
+    if not identity:
+        return ""
+    shipped = {weights_identity(m.name, m.weights_sha256) for m in SHIPPED}
+    return "verified" if identity in shipped else UNVERIFIED_LABEL
 
 
 def _tensor_bytes(t: torch.Tensor) -> int:

@@ -32,6 +32,7 @@ from core.dicom.uids import valid_uid
 from core.imaging.volume import BleedEstimate
 from core.inference.predictor import StudyPrediction
 from core.labels import LABELS
+from core.model.integrity import UNVERIFIED_LABEL
 from core.notice import CONFIRM, NOTICE
 from core.reports.secondary_capture import MANUFACTURER
 
@@ -59,6 +60,10 @@ MILLILITER = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
 FINDING_TYPE = codes.SCT.IntracranialHemorrhage
 
 
+#: The algorithm parameter that marks findings of a model this version does not ship.
+UNVERIFIED_PARAMETER = f"{UNVERIFIED_LABEL.upper()}: not a model shipped with ICH review"
+
+
 def structured_report(
     study: Study,
     prediction: StudyPrediction,
@@ -72,6 +77,8 @@ def structured_report(
     series = study.series_by_uid(prediction.series_instance_uid)
     notice = f"{NOTICE} {CONFIRM}"
     parameters = [notice]
+    if not prediction.model_verified:  # said where a PACS user reads it: series and algorithm
+        parameters.append(UNVERIFIED_PARAMETER)
     if threshold is not None:
         parameters.append(f"Operating threshold for P(any): {threshold:.4f}")
     algorithm = hd.sr.AlgorithmIdentification(
@@ -137,7 +144,11 @@ def structured_report(
         is_complete=True,
         is_final=False,  # an algorithm's output, not verified by a person
     )
-    sr.SeriesDescription = SERIES_DESCRIPTION
+    sr.SeriesDescription = (
+        SERIES_DESCRIPTION
+        if prediction.model_verified
+        else f"{SERIES_DESCRIPTION} ({UNVERIFIED_LABEL})"
+    )[:64]  # LO
     return sr
 
 
@@ -175,7 +186,8 @@ def structured_report_bytes(sr: pydicom.Dataset) -> bytes:
 def read_findings(data: bytes) -> dict[str, float | str | None]:
     """The findings back from an SR file this tool wrote, as highdicom parses it: the six
     probabilities by label, the call ('Yes'/'No', None without a threshold), the bleed volume
-    in mL (None when not estimated) and the algorithm's name and version."""
+    in mL (None when not estimated), the algorithm's name and version, the notice, and the
+    model's status ("verified" or "unverified model")."""
     sr = hd.sr.srread(io.BytesIO(data))
     report = hd.sr.MeasurementReport.from_sequence([sr])
     group = report.get_image_measurement_groups()[0]
@@ -196,5 +208,7 @@ def read_findings(data: bytes) -> dict[str, float | str | None]:
             texts.setdefault(code, []).append(str(item.TextValue))
     out["algorithm"] = texts.get(codes.DCM.AlgorithmName.value, [None])[0]
     out["version"] = texts.get(codes.DCM.AlgorithmVersion.value, [None])[0]
-    out["notice"] = texts.get(codes.DCM.AlgorithmParameters.value, [None])[0]
+    parameters = texts.get(codes.DCM.AlgorithmParameters.value, [])
+    out["notice"] = parameters[0] if parameters else None
+    out["model_status"] = UNVERIFIED_LABEL if UNVERIFIED_PARAMETER in parameters else "verified"
     return out

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from core.dicom.study import Study
 from core.labels import LABELS
+from core.model.checkpoint import identity_status
 from core.review.pseudonym import Pseudonymizer
 from core.review.store import Review, StudyRecord
 
@@ -28,6 +29,8 @@ class WorklistEntry:
     p_top_subtype: float | None
     review: str  # "not reviewed" or the latest overall call, reviewer and date
     in_session: bool  # images available now (else: saved before, upload again to view)
+    #: "verified", "unverified model" (not a model this version ships) or "" (not scored).
+    model: str = ""
 
 
 def top_subtype(scores: Mapping[str, float] | None) -> tuple[str, float | None]:
@@ -51,8 +54,15 @@ def build_worklist(
     reviews: Mapping[str, Review],
     names: Pseudonymizer,
     show_identity: bool = False,
+    model_status: Mapping[str, str] | None = None,
 ) -> list[WorklistEntry]:
-    """All studies, sorted by suspicion: P(any) high to low, studies without scores last."""
+    """All studies, sorted by suspicion: P(any) high to low, studies without scores last.
+
+    ``model_status``: per study of this session, the status of the model that scored it
+    (StudyPrediction.model_status); saved studies take it from the weights they were scored
+    with, so an unverified model's scores are marked wherever the row goes (table, CSV).
+    """
+    status = model_status or {}
     entries: dict[str, WorklistEntry] = {}
     for rec in saved:
         sub, p_sub = top_subtype(rec.study_scores)
@@ -66,6 +76,7 @@ def build_worklist(
             p_top_subtype=p_sub,
             review=review_status(reviews.get(rec.study_instance_uid)),
             in_session=False,
+            model=identity_status(rec.model_identity) if rec.study_scores else "",
         )
     for study in studies:
         uid = study.study_instance_uid
@@ -81,6 +92,7 @@ def build_worklist(
             p_top_subtype=p_sub,
             review=review_status(reviews.get(uid)),
             in_session=True,
+            model=status.get(uid, "") if study_scores else "",
         )
     return sorted(
         entries.values(),

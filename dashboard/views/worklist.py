@@ -36,6 +36,7 @@ def render(
         store.latest_by_study(),
         names,
         show_identity=sess.show_identity,
+        model_status={uid: p.model_status for uid, p in sess.predictions.items()},
     )
     head[2].download_button(
         "Export CSV",
@@ -63,6 +64,11 @@ def render(
             f"{e.top_subtype} {e.p_top_subtype:.2f}" if e.top_subtype else "—" for e in entries
         ],
         "Review": [e.review for e in entries],
+        **(
+            {"Model": [e.model if e.model != "verified" else "" for e in entries]}
+            if any(e.model not in ("", "verified") for e in entries)
+            else {}
+        ),
         "Source": [
             "PACS watcher"
             if e.study_instance_uid in watched

@@ -4,6 +4,7 @@ the same (valid) UIDs as the Secondary Capture."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def test_sr_validates_and_reads_back(scored, threshold, tmp_path: Path) -> None:
 
     ds = pydicom.dcmread(io.BytesIO(data))
     assert ds.SOPClassUID == pydicom.uid.ComprehensiveSRStorage
-    assert ds.SeriesDescription == SERIES_DESCRIPTION
+    # The tiny test model is not a shipped one: the PACS user sees it in the series list.
+    assert not prediction.model_verified and found["model_status"] == "unverified model"
+    assert ds.SeriesDescription == f"{SERIES_DESCRIPTION} (unverified model)"
     series = study.default_series
     assert ds.StudyInstanceUID == valid_uid(study.study_instance_uid) != study.study_instance_uid
     evidence = ds.CurrentRequestedProcedureEvidenceSequence[0]
@@ -67,3 +70,15 @@ def test_sr_validates_and_reads_back(scored, threshold, tmp_path: Path) -> None:
     assert [r.ReferencedSOPInstanceUID for r in ref_series.ReferencedSOPSequence] == [
         valid_uid(s.sop_instance_uid) for s in series.slices
     ]
+
+
+def test_sr_of_a_verified_model_carries_no_unverified_mark(scored) -> None:  # noqa: ANN001
+    study, prediction, estimate = scored
+    verified = dataclasses.replace(prediction, model_verified=True)
+    data = structured_report_bytes(
+        structured_report(
+            study, verified, estimate, threshold=0.5, model_name="m", model_version="m@1"
+        )
+    )
+    assert read_findings(data)["model_status"] == "verified"
+    assert pydicom.dcmread(io.BytesIO(data)).SeriesDescription == SERIES_DESCRIPTION

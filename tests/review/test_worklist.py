@@ -55,3 +55,28 @@ def test_csv_cells_a_spreadsheet_would_run_are_neutralised() -> None:
     assert parsed["patient"].startswith("'=cmd")  # shown as text, never run
     assert not any(v.startswith(("=", "+", "-", "@")) for v in parsed.values())
     assert float(parsed["p_any"]) == 0.4
+
+
+def test_scores_of_an_unverified_model_are_marked_in_the_rows_and_the_csv(study_zips) -> None:
+    from core.model.checkpoint import weights_identity
+    from core.model.manifest import SHIPPED
+
+    shipped = weights_identity(SHIPPED[0].name, SHIPPED[0].weights_sha256)
+    saved = [
+        StudyRecord("a", "a.1", "P1", "A^B", "2019-01-01", 30, shipped, {"any": 0.4}),
+        StudyRecord("b", "b.1", "P2", "C^D", "2019-01-01", 30, "mine@0123456789ab", {"any": 0.3}),
+        StudyRecord("c", "c.1", "P3", "E^F", "2019-01-01", 30, None, None),
+    ]
+    (study,) = load_studies(study_zips[0])
+    uid = study.study_instance_uid
+    rows = build_worklist(
+        [study], {uid: {"any": 0.9}}, saved, {}, NAMES, model_status={uid: "unverified model"}
+    )
+    assert [(r.study_instance_uid, r.model) for r in rows] == [
+        (uid, "unverified model"),
+        ("a", "verified"),
+        ("b", "unverified model"),
+        ("c", ""),
+    ]
+    parsed = list(csv.DictReader(io.StringIO(worklist_csv(rows))))
+    assert [p["model"] for p in parsed] == ["unverified model", "verified", "unverified model", ""]
