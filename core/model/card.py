@@ -79,6 +79,11 @@ class ModelCard:
     weights_dtype: str | None = None
     #: ``{"stride": 4}`` when the network has the segmentation head (core.model.bleed_map).
     bleed_map: Mapping[str, Any] | None = None
+    #: The recipes measured against this one (issue 10's table): a row each, with what varied
+    #: (data, input size, epochs, synthetic share, head) and its figures; None when not recorded.
+    recipes_tried: tuple[Mapping[str, Any], ...] | None = None
+    #: How and when the recipes' figures were measured.
+    recipes_note: str | None = None
     #: sha256 over every other key of the card (core.model.integrity): binds the card's
     #: content to the weights entries it lists; the manifest says which digests were shipped.
     content_sha256: str | None = None
@@ -94,7 +99,9 @@ class ModelCard:
         values: dict[str, Any] = {}
         for key in known & data.keys():
             value = data[key]
-            if key in ("windows", "labels", "weights_files") and isinstance(value, list):
+            if key in ("windows", "labels", "weights_files", "recipes_tried") and isinstance(
+                value, list
+            ):
                 value = tuple(value)
             values[key] = value
         extra = {k: v for k, v in data.items() if k not in known}

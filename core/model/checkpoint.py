@@ -420,6 +420,26 @@ def _md_metrics(metrics: Any) -> str:
     return "".join(parts).rstrip()
 
 
+def _md_recipes(recipes: list[Mapping[str, Any]]) -> str:
+    """The recipes tried as one table: a column per key, in the order they first appear."""
+    columns: list[str] = []
+    for r in recipes:
+        columns += [k for k in r if k not in columns]
+    rows = [
+        "| " + " | ".join(c.replace("_", " ") for c in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    rows += [
+        "| "
+        + " | ".join(
+            "—" if r.get(c) is None else _md_scalar(r[c]).replace("|", "/") for c in columns
+        )
+        + " |"
+        for r in recipes
+    ]
+    return "\n".join(rows)
+
+
 def render_card_markdown(card: Mapping[str, Any]) -> str:
     """The card for people; regenerated from the JSON, which stays the reference."""
     not_recorded = "(not recorded)"
@@ -460,10 +480,20 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
         f"| {f.get('file')} | {f.get('bytes')} | `{f.get('sha256')}` |"
         for f in card.get("weights_files", [])
     ]
+    recipes = card.get("recipes_tried")
+    if recipes:
+        out += ["", "## Recipes tried", "", _md_recipes(recipes)]
     context = card.get("context")
     if context:
         out += ["", "## Slice-context model", "", _md_value(context)]
-    shown = RESERVED_CARD_KEYS | {"training_data", "split", "command", "metrics", "summary"}
+    shown = RESERVED_CARD_KEYS | {
+        "training_data",
+        "split",
+        "command",
+        "metrics",
+        "summary",
+        "recipes_tried",
+    }
     other = {k: v for k, v in card.items() if k not in shown}
     if other:
         out += ["", "## Other details", "", _md_value(other)]
