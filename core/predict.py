@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import re
 import sys
 from pathlib import Path
@@ -36,13 +35,8 @@ from core.errors import ICHError, ModelError
 from core.imaging.volume import BleedEstimate
 from core.imaging.windowing import BRAIN
 from core.inference.openvino_backend import BACKEND_ENV, BACKENDS
-from core.inference.predictor import (
-    IN_TRAINING_NOTE,
-    STUDY_BY_CONTEXT,
-    STUDY_BY_MAX,
-    Predictor,
-    StudyPrediction,
-)
+from core.inference.prediction_json import dumps, predictor_document, write_prediction_json
+from core.inference.predictor import IN_TRAINING_NOTE, STUDY_BY_MAX, Predictor, StudyPrediction
 from core.labels import LABELS, SHORT_NAMES
 from core.model.checkpoint import load_checkpoint
 from core.model.gradcam import render_overlay
@@ -296,41 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         predictions.append(prediction)
         summaries.append(summary)
 
-    document = {
-        "notice": NOTICE,
-        "model": {
-            "weights_identity": predictor.weights_identity,
-            "status": predictor.loaded.trust.label,
-            **(
-                {"unverified_reason": predictor.loaded.trust.reason}
-                if not predictor.loaded.trust.verified
-                else {}
-            ),
-            "name": predictor.loaded.name,
-            "card": predictor.loaded.card_path.name,
-            "arch": predictor.spec.arch,
-            "input_size": predictor.spec.input_size,
-        },
-        "device": predictor.device,
-        "backend": predictor.backend_name,
-        "labels": list(LABELS),
-        "study_score": (
-            "'any': " + STUDY_BY_CONTEXT + "; subtypes: maximum of their refined slice "
-            "probabilities (per slice, 'cnn_probabilities' are the CNN's own)"
-            if predictor.context is not None
-            else STUDY_BY_MAX + " of the series"
-        ),
-        "studies": summaries,
-    }
+    document = predictor_document(predictor, summaries)
     if args.json == "-":
-        print(json.dumps(document, indent=2, ensure_ascii=False))
+        print(dumps(document), end="")
         return EXIT_OK
     print(format_table(predictor, predictions))
     if args.json is not None:
         try:
-            Path(args.json).write_text(
-                json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-            )
+            write_prediction_json(Path(args.json), document)
         except OSError as exc:
             print(f"error: cannot write {args.json}: {exc.strerror}", file=sys.stderr)
             return EXIT_OUTPUT

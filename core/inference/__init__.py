@@ -1,4 +1,5 @@
 """Scoring studies: the Predictor (batched inference, a result cache keyed by pixels × weights,
-progress) and its result types (StudyPrediction, SlicePrediction). It may import the base
+progress), its result types (StudyPrediction, SlicePrediction) and their JSON document
+(prediction_json, written by core.predict and the training run). It may import the base
 modules, core.dicom, core.imaging and core.model.
 """

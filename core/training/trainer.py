@@ -19,8 +19,9 @@ figures), ``checkpointing`` (the resume point and the settings it fixes), ``dist
 painted into normal slices for ``--synthetic``).
 
 Outputs in ``--out``: ``last.pt`` (resume point), ``history.jsonl`` (one line per epoch),
-``val_predictions.json`` (the ``studies`` layout of ``core.predict --json``, plus each slice's
-target), ``embeddings.npz`` (pooled CNN features of every slice, for the slice-context model).
+``val_predictions.json`` (the layout of ``core.predict --json``, written by the same
+core.inference.prediction_json, plus each slice's target), ``embeddings.npz`` (pooled CNN
+features of every slice, for the slice-context model).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from core.imaging.windowing import window_span
+from core.inference.prediction_json import prediction_document, write_prediction_json
 from core.inference.predictor import (
     SlicePrediction,
     StudyPrediction,
@@ -62,7 +64,6 @@ from core.model.checkpoint import (
     save_checkpoint,
     weights_identity,
 )
-from core.notice import NOTICE
 from core.training.checkpointing import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -700,24 +701,21 @@ class Trainer:
             for entry, i in zip(summary["slices"], rows, strict=True):
                 entry["target"] = {label: int(t.labels[i, j]) for j, label in enumerate(LABELS)}
             studies.append(summary)
-        document = {
-            "notice": NOTICE,
-            "model": {
+        document = prediction_document(
+            {
                 "weights_identity": identity,
                 "arch": self.spec.arch,
                 "input_size": self.spec.input_size,
                 "global_step": self.global_step,
             },
-            "labels": list(LABELS),
-            "study_score": "maximum over the validation slices of the series",
-            "split": {k: v for k, v in self.split_info.items() if not k.endswith("_uids")},
-            "metrics": metrics,
-            "studies": studies,
-        }
-        path = self.out / "val_predictions.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+            "maximum over the validation slices of the series",
+            studies,
+            evaluation={
+                "split": {k: v for k, v in self.split_info.items() if not k.endswith("_uids")},
+                "metrics": metrics,
+            },
+        )
+        write_prediction_json(self.out / "val_predictions.json", document, indent=1)
 
     def _write_embeddings(
         self, train_feats: np.ndarray | None, val_feats: np.ndarray | None
