@@ -23,15 +23,15 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from core.dicom.study import Study
-from core.imaging.volume import BleedEstimate, draw_outline
-from core.imaging.windowing import BRAIN, apply_window
+from core.imaging.volume import BleedEstimate
 from core.inference.predictor import Predictor, StudyPrediction
 from core.labels import LABELS
 from core.model.card import ModelCard
-from core.model.gradcam import Heatmap, render_overlay
+from core.model.gradcam import Heatmap
 from core.model.integrity import UNVERIFIED_LABEL
 from core.notice import CONFIRM
 from core.notice import NOTICE as BASE_NOTICE
+from core.reports.key_image import KeyImage, compose_key_image
 from core.review.store import Review
 
 #: The notice as the PDF prints it: shouted, then what it asks of the reader.
@@ -53,6 +53,12 @@ class ReportInput:
     model_identity: str
     card_summary: str | None
     patient: str  # what the user chose to show: pseudonym or identity
+
+    def key_image(self) -> KeyImage:
+        """The key slice composed for the reports (core.reports.key_image)."""
+        return compose_key_image(
+            self.study.default_series.hu, self.key_slice, self.heatmap, self.estimate
+        )
 
 
 def key_slice(prediction: StudyPrediction, estimate: BleedEstimate | None = None) -> int:
@@ -95,16 +101,7 @@ def render_pdf(data: ReportInput, created: datetime | None = None) -> bytes:
     """The report as PDF bytes (one A4 page)."""
     study, series = data.study, data.study.default_series
     k = data.key_slice
-    hu = series.hu[k]
-    plain = apply_window(hu, BRAIN.level, BRAIN.width)
-    marked = plain
-    if data.estimate is not None and data.estimate.mask[k].any():
-        marked = draw_outline(plain, data.estimate.mask[k])
-    overlay = (
-        render_overlay(hu, data.heatmap, BRAIN.level, BRAIN.width, 0.5)
-        if data.heatmap is not None
-        else None
-    )
+    key = data.key_image()
     when = (created or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     date = study.study_date.isoformat() if study.study_date else "no date"
 
@@ -131,11 +128,13 @@ def render_pdf(data: ReportInput, created: datetime | None = None) -> bytes:
     for i, (img, title) in enumerate(
         [
             (
-                marked,
-                f"Slice {k + 1} (brain window)"
-                + (", bleed outlined" if marked is not plain else ""),
+                key.marked(),
+                f"Slice {k + 1} (brain window)" + (", bleed outlined" if key.outlined else ""),
             ),
-            (overlay, f"Slice {k + 1}, Grad-CAM '{data.heatmap.label}'" if data.heatmap else ""),
+            (
+                key.overlay,
+                f"Slice {k + 1}, Grad-CAM '{data.heatmap.label}'" if data.heatmap else "",
+            ),
         ]
     ):
         ax = fig.add_axes((0.06 + i * 0.46, 0.56, 0.42, 0.34))

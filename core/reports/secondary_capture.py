@@ -17,10 +17,7 @@ import numpy as np
 import pydicom
 
 from core.dicom.uids import valid_uid
-from core.imaging.volume import draw_outline
-from core.imaging.windowing import BRAIN, apply_window
 from core.labels import LABELS
-from core.model.gradcam import render_overlay
 from core.model.integrity import UNVERIFIED_LABEL
 from core.reports.pdf import ReportInput
 
@@ -50,15 +47,7 @@ def _findings_text(data: ReportInput) -> str:
 
 def key_image(data: ReportInput) -> np.ndarray:
     """The key slice (brain window) with heatmap and outline, RGB uint8."""
-    series = data.study.default_series
-    hu = series.hu[data.key_slice]
-    if data.heatmap is not None:
-        rgb = render_overlay(hu, data.heatmap, BRAIN.level, BRAIN.width, 0.5)
-    else:
-        rgb = np.repeat(apply_window(hu, BRAIN.level, BRAIN.width)[..., None], 3, axis=-1)
-    if data.estimate is not None and data.estimate.mask[data.key_slice].any():
-        rgb = draw_outline(rgb, data.estimate.mask[data.key_slice])
-    return np.ascontiguousarray(rgb, dtype=np.uint8)
+    return data.key_image().composite()
 
 
 def secondary_capture(data: ReportInput) -> pydicom.Dataset:
