@@ -79,7 +79,7 @@ def study_summary(study: Study, names: Pseudonymizer | None = None) -> dict[str,
 NOT_RECORDED = "not recorded"
 
 
-def _or_missing(value: Any, unit: str = "", *, quote: bool = False) -> str:
+def _or_missing(value: object, unit: str = "", *, quote: bool = False) -> str:
     """A header field as text, or "not recorded" where the file leaves it empty.
 
     >>> _or_missing("", " mm"), _or_missing(5.0, " mm"), _or_missing("HEAD", quote=True)

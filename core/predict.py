@@ -36,7 +36,13 @@ from core.imaging.volume import BleedEstimate
 from core.imaging.windowing import BRAIN
 from core.inference.openvino_backend import BACKEND_ENV, BACKENDS
 from core.inference.prediction_json import dumps, predictor_document, write_prediction_json
-from core.inference.predictor import IN_TRAINING_NOTE, STUDY_BY_MAX, Predictor, StudyPrediction
+from core.inference.predictor import (
+    IN_TRAINING_NOTE,
+    STUDY_BY_MAX,
+    Predictor,
+    ProgressCallback,
+    StudyPrediction,
+)
 from core.labels import LABELS, SHORT_NAMES
 from core.model.checkpoint import load_checkpoint
 from core.model.gradcam import render_overlay
@@ -65,10 +71,10 @@ def safe_name(uid: str, limit: int = 64) -> str:
 
 def write_heatmaps(
     predictor: Predictor, study: Study, prediction: StudyPrediction, cam_dir: Path
-) -> list[dict[str, Any]]:
+) -> list[dict[str, object]]:
     """Grad-CAM overlays (brain window) of the peak slice for 'any' and for the top subtype."""
     series = study.default_series
-    written: list[dict[str, Any]] = []
+    written: list[dict[str, object]] = []
     for label in dict.fromkeys(("any", prediction.top_subtype)):
         index = prediction.peak_slice[label]
         heatmap = predictor.explain(series, index, label)
@@ -137,7 +143,7 @@ def format_table(predictor: Predictor, rows: list[StudyPrediction]) -> str:
     return "\n".join(lines)
 
 
-def _progress(label: str) -> Any:
+def _progress(label: str) -> ProgressCallback | None:
     if not sys.stderr.isatty():
         return None
 

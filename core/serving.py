@@ -27,7 +27,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 #: The environment variable that allows serving beyond loopback without a login.
 ALLOW_OPEN_ENV = "ICH_ALLOW_OPEN"
@@ -58,7 +58,7 @@ def is_loopback(address: str | None) -> bool:
         return False  # a host name other than localhost may resolve to anything
 
 
-def login_provider(auth: Mapping[str, Any] | None) -> str | None:
+def login_provider(auth: Mapping[str, object] | None) -> str | None:
     """The provider argument for ``st.login`` when ``auth`` (the secrets' ``[auth]`` table)
     is complete: "" for the unnamed provider (``st.login()``), the name of the one
     ``[auth.NAME]`` table, or None when no usable login is configured.
@@ -84,7 +84,7 @@ def login_provider(auth: Mapping[str, Any] | None) -> str | None:
     return usable[0] if len(usable) == 1 else None
 
 
-def missing_login_keys(auth: Mapping[str, Any]) -> list[str]:
+def missing_login_keys(auth: Mapping[str, object]) -> list[str]:
     """What an ``[auth]`` table lacks for a login (``[]`` when login_provider finds one), so a
     half-written secrets.toml is named instead of silently ignored.
 

@@ -4,17 +4,17 @@ between users; only what a user saves to the worklist (core.review.store) is."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import streamlit as st
 
 from core.dicom.study import Study
+from core.inference.predictor import StudyPrediction
 
 
 @dataclass
 class Session:
     studies: dict[str, Study] = field(default_factory=dict)  # by StudyInstanceUID
-    predictions: dict[str, Any] = field(default_factory=dict)  # uid → StudyPrediction
+    predictions: dict[str, StudyPrediction] = field(default_factory=dict)  # by uid
     pending: list[str] = field(default_factory=list)  # uids waiting for the model
     messages: list[tuple[str, str, str]] = field(default_factory=list)  # (source, level, text)
     seen_uploads: set[str] = field(default_factory=set)

@@ -128,7 +128,7 @@ class _WithMap(nn.Module):
         self.model = model
         self.with_map = has_bleed_map(model)
 
-    def forward(self, x: torch.Tensor) -> Any:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.with_map:
             return self.model(x, with_map=True)
         return self.model(x)

@@ -39,11 +39,11 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _number(value: Any) -> TypeGuard[float]:
+def _number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _probability(value: Any) -> bool:
+def _probability(value: object) -> bool:
     return _number(value) and 0.0 < value < 1.0
 
 
@@ -57,7 +57,7 @@ def _optional_mapping(card: Mapping[str, Any], key: str, out: list[str]) -> Mapp
     return value
 
 
-def _windows(value: Any, out: list[str]) -> None:
+def _windows(value: object, out: list[str]) -> None:
     if not isinstance(value, list | tuple) or len(value) != 3:
         count = len(value) if isinstance(value, list | tuple) else "none"
         out.append(f"windows must list 3 windows (got {count})")
@@ -75,7 +75,7 @@ def _windows(value: Any, out: list[str]) -> None:
             out.append(f"window {i} width {width!r} is not a number of HU above 0, up to 10000")
 
 
-def _weights_files(value: Any, out: list[str]) -> None:
+def _weights_files(value: object, out: list[str]) -> None:
     if not isinstance(value, list | tuple) or not 0 < len(value) <= MAX_SHARDS:
         out.append(f"weights_files must list 1 to {MAX_SHARDS} files")
         return

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from safetensors import SafetensorError
@@ -134,7 +134,7 @@ class ModelSpec:
         object.__setattr__(self, "labels", tuple(self.labels))
         check_label_order(self.labels)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "arch": self.arch,
             "input_size": self.input_size,
@@ -249,10 +249,10 @@ def save_checkpoint(
     spec: ModelSpec,
     directory: str | Path,
     name: str,
-    card: Mapping[str, Any] | None = None,
+    card: Mapping[str, object] | None = None,
     *,
     context: SliceContext | None = None,
-    context_info: Mapping[str, Any] | None = None,
+    context_info: Mapping[str, object] | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
     created: datetime | None = None,
     storage_dtype: torch.dtype | None = None,
@@ -336,7 +336,7 @@ def save_checkpoint(
     return card_path
 
 
-def _check_metrics(metrics: Any) -> None:
+def _check_metrics(metrics: object) -> None:
     """A metric without the data it was measured on cannot be interpreted, so refuse it."""
     if isinstance(metrics, Mapping):
         bad = [k for k, v in metrics.items() if not isinstance(v, Mapping)]
@@ -356,7 +356,7 @@ def _check_metrics(metrics: Any) -> None:
 # --------------------------------------------------------------------------- Markdown twin
 
 
-def _md_value(value: Any, indent: int = 0) -> str:
+def _md_value(value: object, indent: int = 0) -> str:
     """Any JSON value as Markdown: scalars inline, mappings and lists as nested bullets."""
     pad = "  " * indent
     if isinstance(value, Mapping):
@@ -378,7 +378,7 @@ def _md_value(value: Any, indent: int = 0) -> str:
     return f"{pad}{_md_scalar(value)}"
 
 
-def _md_scalar(value: Any) -> str:
+def _md_scalar(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, Mapping | list):
@@ -386,7 +386,7 @@ def _md_scalar(value: Any) -> str:
     return str(value)
 
 
-def _metric_rows(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+def _metric_rows(values: Mapping[str, object], prefix: str = "") -> list[tuple[str, str]]:
     """Nested metrics as table rows: dotted names, intervals as "low – high"."""
     rows: list[tuple[str, str]] = []
     for key, value in values.items():
@@ -400,7 +400,7 @@ def _metric_rows(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str,
     return rows
 
 
-def _md_metrics(metrics: Any) -> str:
+def _md_metrics(metrics: object) -> str:
     if isinstance(metrics, Mapping):
         items = [(str(k), v) for k, v in metrics.items()]
     elif isinstance(metrics, list):
@@ -558,7 +558,7 @@ def _reinstall(path: Path) -> str:
     return f"Re-install the model files in {_display(path.parent)}."
 
 
-def _refuse_constant(name: str) -> Any:
+def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a number")
 
 

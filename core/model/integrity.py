@@ -62,7 +62,6 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from core.model.manifest import SHIPPED, ShippedModel
 
@@ -77,7 +76,7 @@ UNVERIFIED_LABEL = "unverified model"
 ALLOW_UNVERIFIED_ENV = "ICH_ALLOW_UNVERIFIED"
 
 
-def canonical_json(value: Any) -> bytes:
+def canonical_json(value: object) -> bytes:
     """The one byte form of a JSON value that the digest is taken over.
 
     >>> canonical_json({"b": [1, 2.5], "a": "é"})
@@ -88,7 +87,7 @@ def canonical_json(value: Any) -> bytes:
     ).encode("utf-8")
 
 
-def content_digest(card: Mapping[str, Any]) -> str:
+def content_digest(card: Mapping[str, object]) -> str:
     """The card's content digest: every key but ``content_sha256`` (see the module docstring).
 
     >>> a = content_digest({"name": "m", "input_size": 64})
@@ -101,7 +100,7 @@ def content_digest(card: Mapping[str, Any]) -> str:
     return hashlib.sha256(_DIGEST_DOMAIN + canonical_json(content)).hexdigest()
 
 
-def stamp(card: Mapping[str, Any]) -> dict[str, Any]:
+def stamp(card: Mapping[str, object]) -> dict[str, object]:
     """The card with its content digest set (last key when new, in place when present)."""
     out = dict(card)
     out[DIGEST_KEY] = content_digest(card)
@@ -128,7 +127,9 @@ class ModelTrust:
 NOT_LOADED = ModelTrust(False, "", "it was not loaded from a model card")
 
 
-def assess(card: Mapping[str, Any], shipped: tuple[ShippedModel, ...] | None = None) -> ModelTrust:
+def assess(
+    card: Mapping[str, object], shipped: tuple[ShippedModel, ...] | None = None
+) -> ModelTrust:
     """Compare the card with its stored digest and with the manifest (``shipped``, default
     core.model.manifest.SHIPPED as imported here); its fields are already range-checked.
 

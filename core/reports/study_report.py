@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
 
 from core.dicom.study import Study
 from core.inference.predictor import StudyPrediction
@@ -24,9 +23,9 @@ def study_report(
     reviews: Sequence[Review],
     names: Pseudonymizer,
     show_identity: bool = False,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     series = study.default_series
-    report: dict[str, Any] = {
+    report: dict[str, object] = {
         "report_id": hashlib.sha256(study.study_instance_uid.encode()).hexdigest()[:12],
         "notice": NOTICE,
         "StudyInstanceUID": study.study_instance_uid,

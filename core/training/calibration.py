@@ -97,7 +97,7 @@ def fit_temperatures(y: np.ndarray, z: np.ndarray) -> dict[str, float]:
 # --------------------------------------------------------------------------- figures
 
 
-def _r(value: Any, digits: int = 4) -> Any:
+def _r(value: object, digits: int = 4) -> object:
     if isinstance(value, float):
         return round(value, digits)
     if isinstance(value, list | tuple):

@@ -84,7 +84,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def plain(value: Any) -> Any:
+def plain(value: object) -> object:
     """argparse values → str/int/float/bool/None/list (what weights_only loading accepts)."""
     if isinstance(value, Path):
         return str(value)
@@ -115,7 +115,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return derived_seed(f"augment:{seed}:{step}:{rank}") >> 1
 
 
-def atomic_save(obj: Any, path: Path) -> None:
+def atomic_save(obj: object, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -129,7 +129,7 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def changed_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+def changed_settings(saved: Mapping[str, object], now: Mapping[str, object]) -> list[str]:
     """The RESUME_FIXED settings that differ between a checkpoint's run and this one, as
     ``name (was X, now Y)``. A setting the saved run did not record yet (a checkpoint of an
     earlier version) counts as unchanged when this run keeps its default."""
@@ -142,7 +142,7 @@ def changed_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[s
 
 
 #: Values that a setting absent from an older checkpoint stands for.
-_DEFAULTS: dict[str, tuple[Any, ...]] = {
+_DEFAULTS: dict[str, tuple[object, ...]] = {
     "bleed_map": (False,),
     "synthetic": (0.0,),
     "map_weight": (1.0,),

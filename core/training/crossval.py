@@ -225,7 +225,7 @@ WEAK_STUDIES, WEAK_AUC = 200, 0.9
 
 
 def summary_sentence(n_studies: int, n_slices: int, h: dict[str, Any]) -> str:
-    def fmt(v: Any, ci: Any) -> str:
+    def fmt(v: object, ci: object) -> str:
         if not isinstance(v, float | int):
             return str(v)
         if isinstance(ci, list):
@@ -379,10 +379,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def format_report(report: dict[str, Any]) -> str:
     h = report["headline"]
 
-    def f(v: Any) -> str:
+    def f(v: object) -> str:
         return f"{v:.3f}" if isinstance(v, float | int) and not math.isnan(v) else str(v)
 
-    def ci(v: Any) -> str:
+    def ci(v: object) -> str:
         return f"[{v[0]:.3f}, {v[1]:.3f}]" if isinstance(v, list) else str(v)
 
     c, b = h["with_slice_context"], h["constant_prior_baseline"]

@@ -392,7 +392,7 @@ def read_threshold(arg: str) -> tuple[float, str]:
     if not path.is_file():
         raise InputError(f"--threshold {arg!r} is neither a number nor a file")
     try:
-        doc: Any = json.loads(path.read_text(encoding="utf-8"))
+        doc: object = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot be read ({exc})") from None
     except json.JSONDecodeError:
@@ -443,7 +443,7 @@ class Matched:
     y: NDArray[np.int8]
     p: NDArray[np.float64]
     study_ids: NDArray[Any]
-    coverage: dict[str, Any]
+    coverage: dict[str, int]
     warnings: list[str]
 
 
@@ -515,11 +515,11 @@ def match(predictions: Sequence[SlicePrediction], labels: LabelSet, allow_partia
 # --------------------------------------------------------------------------- text report
 
 
-def _f(value: Any, digits: int = 3) -> str:
+def _f(value: object, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _with_ci(value: Any, ci: Any, digits: int = 3) -> str:
+def _with_ci(value: object, ci: object, digits: int = 3) -> str:
     if not isinstance(value, float):
         return str(value)
     if isinstance(ci, list):

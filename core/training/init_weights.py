@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +42,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        obj: Any = load_file(str(path), device="cpu")
+        obj: object = load_file(str(path), device="cpu")
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -9,7 +9,7 @@ lets them be tested without building a Trainer.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -18,8 +18,11 @@ import torch.nn.functional as F
 from core.labels import LABELS, LOSS_WEIGHTS
 from core.training.metrics import roc_auc, weighted_log_loss
 
+#: The parameters AveragedModel hands to its ``multi_avg_fn`` (torch's own PARAM_LIST).
+ParamList = tuple[torch.Tensor, ...] | list[torch.Tensor]
 
-def ema_with_warmup(decay: float) -> Any:
+
+def ema_with_warmup(decay: float) -> Callable[[ParamList, ParamList, torch.Tensor | int], None]:
     """AveragedModel's ``multi_avg_fn`` for an exponential moving average whose decay grows
     as ``min(decay, (1 + n) / (10 + n))`` with the update count n.
 
@@ -30,7 +33,7 @@ def ema_with_warmup(decay: float) -> Any:
     """
 
     @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
+    def update(averaged: ParamList, current: ParamList, n: torch.Tensor | int) -> None:
         d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
         if torch.is_floating_point(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1.0 - d)

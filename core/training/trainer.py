@@ -33,7 +33,8 @@ import math
 import os
 import shlex
 import time
-from contextlib import nullcontext
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ class Trainer:
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, float | None]] = []  # one per epoch, as history.jsonl
         self.init_report: InitReport | None = None
         self._val: tuple[np.ndarray, np.ndarray | None] | None = None  # last (probs, features)
         if self.cuda:
@@ -232,7 +233,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
-        self.sampler: DistributedSampler[Any] = DistributedSampler(
+        self.sampler: DistributedSampler[int] = DistributedSampler(
             SliceDataset(self.table, self.train_idx),
             num_replicas=self.dist.world,
             rank=self.dist.rank,
@@ -409,7 +410,7 @@ class Trainer:
 
     # ------------------------------------------------------------------- training
 
-    def _autocast(self) -> Any:
+    def _autocast(self) -> AbstractContextManager[object]:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -550,7 +551,7 @@ class Trainer:
         return results
 
     def _log_epoch(self, r: EpochResult) -> None:
-        entry: dict[str, Any] = {
+        entry: dict[str, float | None] = {
             "epoch": r.epoch,
             "global_step": r.global_step,
             "train_loss": round(r.train_loss, 6) if math.isfinite(r.train_loss) else None,
@@ -755,7 +756,7 @@ class Trainer:
                 f"validation split ({self.split_info['description']}, "
                 f"{self.split_info['val_studies']} studies, {len(self.val_idx)} slices)"
             )
-            card_metrics: dict[str, dict[str, Any]] = {where: metrics}
+            card_metrics: dict[str, Mapping[str, float | None]] = {where: metrics}
         else:
             last = self.history[-1]["train_loss"] if self.history else None
             card_metrics = {"training data (no validation split)": {"train_loss_last_epoch": last}}

@@ -8,7 +8,6 @@ is configured, the reviewer's name is the login's (Session.login_name), never ty
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import streamlit as st
 from streamlit import config as st_config
@@ -17,7 +16,7 @@ from core.serving import allow_open_from_env, decide, login_provider, missing_lo
 from dashboard.state import Session
 
 
-def _auth_section() -> Mapping[str, Any] | None:
+def _auth_section() -> Mapping[str, object] | None:
     """The secrets' ``[auth]`` table, or None when there are no secrets (or none readable:
     Streamlit logs a secrets.toml that cannot be parsed, and a login is then not configured)."""
     try:
