@@ -96,6 +96,9 @@ def test_end_to_end_json_and_heatmaps(
         assert all(0.0 <= v <= 1.0 for v in s["probabilities"].values())
     for label in LABELS:
         assert entry["probabilities"][label] == max(s["probabilities"][label] for s in slices)
+        peak = entry["peak_slice_index"][label]  # counts from 0, like slices[].index
+        assert entry["peak_slice_number"][label] == peak + 1  # from 1, like the page and table
+        assert slices[peak]["probabilities"][label] == entry["probabilities"][label]
 
     # Study line in the table, notice shown, no patient identity anywhere.
     assert study.study_instance_uid in printed and NOTICE in printed
@@ -111,7 +114,7 @@ def test_end_to_end_json_and_heatmaps(
     assert entry["heatmaps"][-1]["label"] == entry["top_subtype"]
     assert {h["file"] for h in entry["heatmaps"]} == {p.name for p in pngs}
     for h in entry["heatmaps"]:
-        assert h["slice_index"] == entry["peak_slice"][h["label"]]
+        assert h["slice_index"] == entry["peak_slice_index"][h["label"]]
     for png in pngs:
         assert re.fullmatch(r"[A-Za-z0-9._-]+\.png", png.name)
         assert png.name.startswith(safe_name(study.study_instance_uid) + "_slice")

@@ -145,15 +145,25 @@ class StudyPrediction:
         """The hemorrhage subtype (not 'any') with the highest study score."""
         return max(LABELS[1:], key=lambda label: self.study_scores[label])
 
+    def peak_slices_json(self) -> dict[str, dict[str, int]]:
+        """Each label's peak slice, named for both ways of counting: ``peak_slice_index``
+        counts from 0 like ``slices[].index``, ``peak_slice_number`` from 1 like the page,
+        the PDF and the CLI table."""
+        return {
+            "peak_slice_index": {k: int(v) for k, v in self.peak_slice.items()},
+            "peak_slice_number": {k: int(v) + 1 for k, v in self.peak_slice.items()},
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary with DICOM keywords; carries no patient data."""
+        """JSON-ready summary with DICOM keywords; carries no patient data. Probabilities
+        carry 6 decimals (what a float32 holds), not the 17 digits of a Python float."""
         return {
             "StudyInstanceUID": self.study_instance_uid,
             "SeriesInstanceUID": self.series_instance_uid,
             "model_status": self.model_status,
             "probabilities": {k: round(v, 6) for k, v in self.study_scores.items()},
             "study_score": self.study_method,
-            "peak_slice": dict(self.peak_slice),
+            **self.peak_slices_json(),
             "top_subtype": self.top_subtype,
             "slices": [
                 {

@@ -150,6 +150,7 @@ def render_pdf(data: ReportInput, created: datetime | None = None) -> bytes:
     table = ax.table(
         cellText=_probability_table(data.prediction, k),
         colLabels=["finding", "study", f"slice {k + 1}"],
+        colWidths=[0.46, 0.27, 0.27],  # room for "intraparenchymal" at 8.5 pt
         loc="upper left",
         cellLoc="left",
     )

@@ -45,15 +45,17 @@ def study_report(
     else:
         report["model"] = prediction.weights_identity
         report["model_status"] = prediction.model_status
-        report["study_probabilities"] = {k: float(prediction.study_scores[k]) for k in LABELS}
+        report["study_probabilities"] = {
+            k: round(float(prediction.study_scores[k]), 6) for k in LABELS
+        }
         report["study_score"] = prediction.study_method
-        report["peak_slice"] = {k: int(prediction.peak_slice[k]) for k in LABELS}
+        report.update(prediction.peak_slices_json())
         report["slices"] = [
             {
                 "index": s.index,
                 "SOPInstanceUID": s.sop_instance_uid,
                 "z": round(s.z, 3),
-                "probabilities": {k: float(p) for k, p in zip(LABELS, row, strict=True)},
+                "probabilities": {k: round(float(p), 6) for k, p in zip(LABELS, row, strict=True)},
             }
             for s, row in zip(series.slices, prediction.probs.tolist(), strict=True)
         ]

@@ -117,11 +117,15 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def _cell(value: object) -> object:
     """Text that a spreadsheet would execute is prefixed with an apostrophe (OWASP's advice);
-    numbers and other text pass unchanged.
+    probabilities keep 4 decimals; other numbers and text pass unchanged.
 
     >>> print(_cell('=HYPERLINK("http://x")'), _cell("no hemorrhage"), _cell(-0.5))
     '=HYPERLINK("http://x") no hemorrhage -0.5
+    >>> _cell(0.12345678901234567), _cell(30)
+    (0.1235, 30)
     """
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
+    if isinstance(value, float):
+        return round(value, 4)  # what the page shows and more; not a float's 17 digits
     return value

@@ -145,6 +145,12 @@ def test_an_unverified_model_is_named_in_every_report(content, tmp_path: Path) -
     names = Pseudonymizer("a-test-secret-of-at-least-32-characters")
     report = study_report(content.study, content.prediction, [], names)
     assert report["model_status"] == "unverified model"
+    # Probabilities with 6 decimals, never a float's 17 digits; peaks named by how they count.
+    numbers = [*report["study_probabilities"].values()]  # type: ignore[union-attr]
+    numbers += [v for s in report["slices"] for v in s["probabilities"].values()]  # type: ignore[union-attr]
+    assert numbers and all(v == round(v, 6) for v in numbers)
+    peaks = report["peak_slice_index"]
+    assert report["peak_slice_number"] == {k: i + 1 for k, i in peaks.items()}  # type: ignore[union-attr]
 
     verified = replace(content, prediction=replace(content.prediction, model_verified=True))
     text = " ".join(_pdf_text(verified, tmp_path).split())

@@ -55,6 +55,9 @@ def test_csv_cells_a_spreadsheet_would_run_are_neutralised() -> None:
     assert parsed["patient"].startswith("'=cmd")  # shown as text, never run
     assert not any(v.startswith(("=", "+", "-", "@")) for v in parsed.values())
     assert float(parsed["p_any"]) == 0.4
+    long = [StudyRecord("s2", "s2.1", "P", "N", None, 3, "m", {"any": 0.123456789012345})]
+    (row,) = csv.DictReader(io.StringIO(worklist_csv(build_worklist([], {}, long, {}, NAMES))))
+    assert row["p_any"] == "0.1235"  # 4 decimals, not a float's 17 digits
 
 
 def test_scores_of_an_unverified_model_are_marked_in_the_rows_and_the_csv(study_zips) -> None:
