@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -45,6 +46,11 @@ class ArchiveLimits:
 
 
 DEFAULT_LIMITS = ArchiveLimits()
+#: Bytes of a zip's central directory (its list of files) allowed for each member of
+#: ArchiveLimits.max_members: a real entry is 46 bytes, a name and a few extra fields (~200
+#: bytes). zipfile parses the whole list (~10 µs and ~270 bytes of memory an entry) before the
+#: members can be counted, so the list's size is checked first, from the zip's end record.
+_DIRECTORY_BYTES_PER_MEMBER = 1024
 #: A zip that unpacks to less than this is not checked for its overall ratio: it costs little.
 _WHOLE_ZIP_RATIO_FROM = 64 << 20
 
@@ -155,23 +161,33 @@ def open_upload(
         if not data:
             raise InputError("The upload is empty (0 bytes).")
         if not zipfile.is_zipfile(io.BytesIO(data)) and not _starts_like_zip(data):
+            _check_file_size("upload", len(data), limits)
             yield [Member("upload", data)]
             return
-        with _open_zip(io.BytesIO(data)) as zf:
+        with _open_zip(io.BytesIO(data), limits) as zf:
             yield _zip_members(zf, limits, deadline)
         return
     path = Path(source)
     if path.is_dir():
         yield _folder_members(path, limits, deadline)
     elif path.is_file() and (zipfile.is_zipfile(path) or _starts_like_zip(path)):
-        with path.open("rb") as fh, _open_zip(fh) as zf:
+        with path.open("rb") as fh, _open_zip(fh, limits) as zf:
             yield _zip_members(zf, limits, deadline)
     elif path.is_file():
-        if path.stat().st_size > limits.max_member_bytes:
-            raise UnsafeArchiveError(f"{display_name(path.name)} is larger than one file may be.")
+        _check_file_size(path.name, path.stat().st_size, limits)
         yield [Member(path.name, loader=partial(_read_file, path, deadline))]
     else:
         raise InputError(f"Nothing found at {display_name(str(path))}: no such file or folder.")
+
+
+def _check_file_size(name: str, size: int, limits: ArchiveLimits) -> None:
+    """A single file (not a zip) is one member: above ArchiveLimits.max_member_bytes it is
+    refused from its size, before a byte of it is read."""
+    if size > limits.max_member_bytes:
+        raise UnsafeArchiveError(
+            f"{display_name(name)} is {size >> 20} MB, more than the "
+            f"{limits.max_member_bytes >> 20} MB one file may be; it was not read."
+        )
 
 
 def _starts_like_zip(source: bytes | Path) -> bool:
@@ -226,7 +242,13 @@ def _folder_members(root: Path, limits: ArchiveLimits, deadline: _Deadline) -> l
 
 
 @contextmanager
-def _open_zip(fh: io.IOBase) -> Iterator[zipfile.ZipFile]:
+def _open_zip(fh: io.IOBase, limits: ArchiveLimits) -> Iterator[zipfile.ZipFile]:
+    directory = _declared_directory_bytes(fh)
+    if directory > limits.max_members * _DIRECTORY_BYTES_PER_MEMBER:
+        raise UnsafeArchiveError(
+            f"This zip lists far more files than the {limits.max_members} allowed for one "
+            f"upload (its list of files alone is {directory >> 20} MB); it was rejected."
+        )
     try:
         zf = zipfile.ZipFile(fh)
     except zipfile.BadZipFile as exc:
@@ -237,6 +259,33 @@ def _open_zip(fh: io.IOBase) -> Iterator[zipfile.ZipFile]:
         raise InputError("This zip cannot be read; export the study again.") from exc
     with zf:
         yield zf
+
+
+def _declared_directory_bytes(fh: io.IOBase) -> int:
+    """How many bytes of central directory zipfile will parse: the size the end record
+    declares (the zip64 record's when a zip64 locator precedes the end record, as zipfile
+    believes it), but no more than the file holds (zipfile reads what is there). 0 when no end
+    record is found (zipfile then calls the zip damaged).
+
+    The records are found the way zipfile finds them: the last end-record signature within the
+    final 64 KiB + 22 bytes (a comment may follow it), the zip64 record just before its locator.
+    """
+    end = fh.seek(0, io.SEEK_END)
+    fh.seek(max(0, end - (22 + 0xFFFF + 20 + 56)))
+    tail = fh.read()
+    fh.seek(0)
+    at = tail.rfind(b"PK\x05\x06", 0, len(tail) - 18)  # a whole 22-byte record after it
+    if at < 0:
+        return 0
+    size = struct.unpack_from("<I", tail, at + 12)[0]
+    locator, zip64 = at - 20, at - 20 - 56  # the zip64 locator, and its record before it
+    if (
+        zip64 >= 0
+        and tail[locator : locator + 4] == b"PK\x06\x07"
+        and tail[zip64 : zip64 + 4] == b"PK\x06\x06"
+    ):
+        size = struct.unpack_from("<Q", tail, zip64 + 40)[0]
+    return int(min(size, end))
 
 
 def _zip_members(zf: zipfile.ZipFile, limits: ArchiveLimits, deadline: _Deadline) -> list[Member]:

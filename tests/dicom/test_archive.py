@@ -103,6 +103,45 @@ def test_too_many_members(series) -> None:
     assert "holds 6 files, more than the 5 allowed" in str(info.value)
 
 
+def test_a_zip_listing_far_more_files_is_refused_before_its_list_is_parsed(monkeypatch) -> None:
+    """zipfile builds an object for every entry of the zip's list before any can be counted:
+    the list's size, read from the end record, is checked first (1 KiB per allowed member)."""
+    import core.dicom.archive as archive
+
+    files = [(f"t{i:04d}.dcm", b"x") for i in range(200)]  # a list of ~11 kB; 5 KiB allowed
+    data = zip_bytes(files, zipfile.ZIP_STORED)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the zip's list was parsed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(archive.zipfile, "ZipFile", never)
+        with pytest.raises(UnsafeArchiveError) as info:
+            load_studies(data, limits=ArchiveLimits(max_members=5))
+    message = str(info.value)
+    assert message.startswith("This zip lists far more files than the 5 allowed for one upload")
+    assert message.endswith("it was rejected.")
+    # Within its list's budget (199 KiB), the zip is parsed and its files counted.
+    with pytest.raises(UnsafeArchiveError, match="holds 200 files, more than the 199 allowed"):
+        load_studies(data, limits=ArchiveLimits(max_members=199))
+
+
+def test_a_single_file_over_the_one_file_limit_is_not_read(tmp_path: Path) -> None:
+    """Given as a path or as bytes (the dashboard's way), a file that is not a zip is one
+    member: above max_member_bytes it is refused from its size."""
+    big = bytes(128) + b"DICM\x02\x00" + bytes(3 << 20)
+    path = tmp_path / "big.dcm"
+    path.write_bytes(big)
+    limits = ArchiveLimits(max_member_bytes=2 << 20)
+    for source, name in ((path, "big.dcm"), (big, "upload")):
+        with pytest.raises(UnsafeArchiveError) as info:
+            load_studies(source, limits=limits)
+        assert (
+            str(info.value)
+            == f"{name} is 3 MB, more than the 2 MB one file may be; it was not read."
+        )
+
+
 def test_total_uncompressed_size_over_limit() -> None:
     files = [(f"part{i}.bin", bytes(1 << 20)) for i in range(3)]  # stored: no ratio to trip
     with pytest.raises(UnsafeArchiveError) as info:
