@@ -39,6 +39,7 @@ class SkipReason(Enum):
     """Why a file did not become a slice; the loader counts these per upload."""
 
     NOT_DICOM = "not DICOM"
+    ARCHIVE = "a zip inside the upload (not opened: upload the zip inside on its own)"
     DICOMDIR = "DICOMDIR index"
     NO_IMAGE = "DICOM object without an image (report, presentation state…)"
     UNSUPPORTED = "unsupported image"
@@ -165,7 +166,11 @@ def read_member(member: Member) -> RawSlice | Skipped:
     """
     name = display_name(member.name)
     try:
-        if not looks_like_dicom(member.read(HEAD_BYTES)):
+        head = member.read(HEAD_BYTES)
+        if head[:4] == b"PK\x03\x04" and head[128:132] != b"DICM":
+            # Not unpacked: a zip inside a zip would escape the limits checked on the upload.
+            return Skipped(name, SkipReason.ARCHIVE, f"{name} is a zip inside the upload")
+        if not looks_like_dicom(head):
             return Skipped(name, SkipReason.NOT_DICOM, f"{name} is not a DICOM file")
         ds = _dcmread(member.read())
     except DamagedMemberError as exc:

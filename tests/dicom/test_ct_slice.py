@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import read_ds, write_ds, write_zip
+from dicom_helpers import read_ds, write_ds, write_zip, zip_bytes
 from hostile_inputs import (
     HUGE_SIDE,
     huge_rle_slice,
@@ -398,3 +398,18 @@ def test_files_without_preamble_pass_the_quick_check(real_slices) -> None:
     assert bare[:2] == b"\x08\x00"
     assert looks_like_dicom(bare[:HEAD_BYTES])
     assert read_member(Member("bare", bare)).reason != SkipReason.NOT_DICOM
+
+
+def test_a_zip_inside_the_upload_is_named_not_opened(real_slices) -> None:
+    """A zip member that is itself a zip is skipped as one, unread: opening it would read an
+    archive the upload's limits were never checked on. A DICOM file whose 128-byte preamble
+    happens to start like a zip is still a slice."""
+    name, data = real_slices[SIGNED_16][0]
+    inner = read_member(Member("export/inner.zip", zip_bytes([(name, data)])))
+    assert isinstance(inner, Skipped) and inner.reason == SkipReason.ARCHIVE
+    assert inner.detail == "inner.zip is a zip inside the upload"
+    ds = read_ds(data)
+    ds.preamble = b"PK\x03\x04" + bytes(124)
+    looks_zipped = write_ds(ds)
+    assert looks_zipped[:4] == b"PK\x03\x04" and looks_zipped[128:132] == b"DICM"
+    assert isinstance(read_member(Member("pk.dcm", looks_zipped)), RawSlice)
