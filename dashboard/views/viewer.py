@@ -25,7 +25,7 @@ from core.inference.predictor import IN_TRAINING_NOTE, Predictor, StudyPredictio
 from core.labels import LABELS
 from core.model.gradcam import colorbar_image, heatmap_layer
 from dashboard import resources
-from dashboard.components.slice_viewer import HeatmapLayer, parse_state, slice_viewer
+from dashboard.components.slice_viewer import HeatmapLayer, SentOnce, parse_state, slice_viewer
 from dashboard.text import plain
 
 CAM_NOTE = (
@@ -85,6 +85,8 @@ def _apply_viewer_report(uid: str, slice_key: str, n: int) -> None:
         return
     st.session_state[applied_key] = state.seq
     st.session_state[slice_key] = min(max(state.slice, 1), n)
+    if state.event == "resend":  # the frame was mounted again: it holds none of our images
+        SentOnce(st.session_state, f"viewer-sent-{uid}").forget()
     if state.event == "preset" and state.preset in PRESETS:
         st.session_state["preset"] = state.preset
         level_key, width_key = _window_keys(state.preset)
@@ -341,16 +343,30 @@ def render(
                 png=png_bytes(heatmap_layer(heat, opacity)),
                 key=f"{series.pixel_hash}-{opacity}",
             )
-        outline = None
+        # Each set of images goes to the frame once; later reruns (a settled scroll is one)
+        # send its key only (SentOnce), not megabytes of PNGs again.
+        sent = SentOnce(st.session_state, f"viewer-sent-{uid}")
+        outline, outline_key = None, None
         if bleed is not None and prediction is not None:
             caption += f" · outlined {bleed.area_mm2[index]:.0f} mm²"
-            outline = resources.outline_urls(
-                bleed, prediction.weights_identity, series.pixel_hash, *outline_cut
+            outline_key = f"{series.pixel_hash}-{prediction.weights_identity}-{outline_cut}"
+            outline = sent.payload(
+                "outline",
+                outline_key,
+                lambda: resources.outline_urls(
+                    bleed, prediction.weights_identity, series.pixel_hash, *outline_cut
+                ),
             )
         rows, cols = series.hu.shape[1:]
+        images_key = f"{series.pixel_hash}-{level}-{width}"
         slice_viewer(
-            images=resources.slice_urls(series, series.pixel_hash, level, width),
-            images_key=f"{series.pixel_hash}-{level}-{width}",
+            images=sent.payload(
+                "images",
+                images_key,
+                lambda: resources.slice_urls(series, series.pixel_hash, level, width),
+            ),
+            images_key=images_key,
+            n=n,
             rows=int(rows),
             cols=int(cols),
             index=index + 1,
@@ -362,7 +378,7 @@ def render(
             pixel_spacing=series.pixel_spacing,
             applied_seq=st.session_state.get(f"viewer-applied-{uid}"),
             outline=outline,
-            outline_key=f"{series.pixel_hash}-{outline_cut}" if outline is not None else None,
+            outline_key=outline_key,
             heatmap=layer,
             key=f"viewer-{uid}",
         )

@@ -18,7 +18,9 @@ from viewer_page import current_image, plotly_chart, shown_slice, slice_caption,
 
 from core.dicom.study import load_studies
 from core.imaging.orientation import edge_markers
+from core.imaging.png import png_bytes
 from core.imaging.windowing import PRESETS, apply_window
+from dashboard.components.slice_viewer import data_url
 
 FIRST_PREDICTION_TIMEOUT_MS = 120_000  # reading + first model run on 2 busy CPU cores
 STEP_TIMEOUT_MS = 60_000
@@ -48,6 +50,8 @@ def test_wheel_keys_presets_and_markers_in_chromium(
     n = series.n_slices
     timings: dict[str, str] = {}
 
+    received: list[int] = []  # sizes of the websocket messages the page got from the server
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda m: received.append(len(m))))
     page.goto(streamlit_server.url, wait_until="domcontentloaded")
     sidebar = page.get_by_test_id("stSidebar")
     expect(sidebar.get_by_test_id("stFileUploader")).to_be_visible()
@@ -123,12 +127,34 @@ def test_wheel_keys_presets_and_markers_in_chromium(
 
     # The arrow keys, once the viewer has the focus (a click on the image).
     frame.locator("#stage").click()
+    page.wait_for_timeout(300)  # let the click's own traffic pass
     step = -1 if k > 2 else 1
     key = "ArrowUp" if step == -1 else "ArrowDown"
+    sent_before = sum(received)
     page.keyboard.press(key)
     page.keyboard.press(key)
     assert shown_slice(frame) == k + 2 * step
     k += 2 * step
+    _wait_settled(page, frame, k, n)
+    # The page's rerun for the settled slice sends the images' key, not the images again.
+    slice_pngs = sum(len(data_url(png_bytes(apply_window(hu, 40, 80)))) for hu in series.hu)
+    rerun_bytes = sum(received) - sent_before
+    timings["server → page on a settled slice change"] = (
+        f"{rerun_bytes / 1e3:.0f} kB (the study's slices at this window: {slice_pngs / 1e3:.0f} kB)"
+    )
+    assert rerun_bytes < slice_pngs / 4, (rerun_bytes, slice_pngs)
+
+    # PgDn/PgUp move a tenth of the stack, End and Home to the last and first slice.
+    tenth = max(1, round(n / 10))
+    page.keyboard.press("End")
+    assert shown_slice(frame) == n
+    page.keyboard.press("PageUp")
+    assert shown_slice(frame) == n - tenth
+    page.keyboard.press("Home")
+    assert shown_slice(frame) == 1
+    page.keyboard.press("PageDown")
+    assert shown_slice(frame) == 1 + tenth
+    k = 1 + tenth
     _wait_settled(page, frame, k, n)
 
     # Preset hotkey 4 (bone): the window changes in the browser at once, then the page

@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from dicom_helpers import edit, write_zip
 from streamlit.testing.v1 import AppTest
+from viewer_component import viewer_args, viewer_images
 
 from core.dicom.study import load_studies
 from core.dicom.uids import valid_uid
@@ -46,14 +47,7 @@ def _upload(at: AppTest, *files: Path | tuple[str, bytes]) -> AppTest:
 
 
 def _viewer_args(at: AppTest) -> dict:
-    """The arguments the page gave the slice viewer component this run."""
-    viewers = [
-        e
-        for e in at.main.get("component_instance")
-        if e.proto.component_name.endswith("slice_viewer")
-    ]
-    assert len(viewers) == 1, f"expected one slice viewer, found {len(viewers)}"
-    return json.loads(viewers[0].proto.json_args)
+    return viewer_args(at)
 
 
 def _image(at: AppTest) -> tuple[str, str]:
@@ -61,8 +55,8 @@ def _image(at: AppTest) -> tuple[str, str]:
     of the slice it holds."""
     caption = next((c.value for c in at.main.caption if c.value.startswith("Slice ")), None)
     assert caption is not None, "no slice caption on the page"
-    args = _viewer_args(at)
-    return caption, args["images"][args["index"] - 1]
+    args, images = viewer_images(at)
+    return caption, images[args["index"] - 1]
 
 
 def _captions(at: AppTest) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from viewer_component import SENT, viewer_args, viewer_images
 
 from core.dicom.study import load_studies
 from core.imaging.orientation import edge_markers
@@ -31,12 +32,11 @@ def _opened(small_zip: Path) -> AppTest:
 
 
 def _args(at: AppTest) -> dict:
-    [viewer] = [
-        e
-        for e in at.main.get("component_instance")
-        if e.proto.component_name.endswith("slice_viewer")
-    ]
-    return json.loads(viewer.proto.json_args)
+    return viewer_args(at)
+
+
+def _images(at: AppTest) -> list[str]:
+    return viewer_images(at)[1]
 
 
 def _decode(url: str) -> np.ndarray:
@@ -58,11 +58,11 @@ def test_viewer_gets_every_slice_windowed_with_markers_and_scale(
     series = study.default_series
     at = _opened(small_zip)
     args = _args(at)
-    assert args["n"] == len(args["images"]) == series.n_slices
+    assert args["n"] == len(_images(at)) == series.n_slices
     assert (args["rows"], args["cols"]) == series.hu.shape[1:]
     k = args["index"]
     assert _caption(at).startswith(f"Slice {k} of {series.n_slices} ")
-    shown = _decode(args["images"][k - 1])
+    shown = _decode(_images(at)[k - 1])
     assert np.array_equal(shown, apply_window(series.hu[k - 1], args["level"], args["width"]))
     markers = edge_markers(series.orientation)
     assert markers is not None and args["markers"]["left"] == markers.left == "R"
@@ -129,3 +129,29 @@ def test_fallback_slider_moves_the_viewer_and_its_reports_move_the_page(
     assert (at.slider(key="level-bone").value, at.slider(key="width-bone").value) == (450, 1500)
     assert "W 1500 L 450" in _caption(at)
     assert not at.main.warning, [w.value for w in at.main.warning]  # no session-state clash
+
+
+def test_images_go_once_per_window_and_again_when_the_frame_asks(
+    small_zip: Path, app_env: Path
+) -> None:
+    """A rerun (each settled scroll is one) sends the images' key, not every slice again; a
+    new window sends the new set; a frame mounted again asks ("resend") and gets it."""
+    uid = load_studies(small_zip)[0].study_instance_uid
+    at = _opened(small_zip)
+    first, _ = viewer_images(at)
+    at.slider(key=f"slice-{uid}").set_value(3).run()
+    again = _args(at)
+    assert again["images"] is None and again["images_key"] == first["images_key"]
+    assert again["index"] == 3 and again["n"] == len(SENT[first["images_key"]])
+
+    report = {"seq": "r-1", "event": "resend", "slice": 3, "level": 40, "width": 80}
+    at.session_state[f"viewer-{uid}"] = {**report, "preset": "brain"}
+    at.run()
+    resent = _args(at)
+    assert resent["images"] == SENT[first["images_key"]] and resent["index"] == 3
+    at.run()
+    assert _args(at)["images"] is None  # once again
+
+    at.selectbox(key="preset").set_value("bone").run()
+    bone = _args(at)
+    assert bone["images_key"] != first["images_key"] and bone["images"] is not None

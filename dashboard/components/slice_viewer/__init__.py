@@ -11,21 +11,23 @@ a hotkey; the page applies it to the same session keys as its slider and buttons
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import streamlit.components.v1 as components
 
 from core.imaging.orientation import NOT_RECORDED, EdgeMarkers
 from core.imaging.windowing import Window
 
+T = TypeVar("T")
+
 FRONTEND = Path(__file__).resolve().parent / "frontend"
 _component = components.declare_component("slice_viewer", path=str(FRONTEND))
 
-Event = Literal["slice", "window", "preset"]
-_EVENTS: tuple[Event, ...] = ("slice", "window", "preset")
+Event = Literal["slice", "window", "preset", "resend"]
+_EVENTS: tuple[Event, ...] = ("slice", "window", "preset", "resend")
 
 #: OHIF's hotkeys for the window presets, in the order of core.imaging.windowing.PRESETS.
 HOTKEYS = ("1", "2", "3", "4", "5")
@@ -37,8 +39,9 @@ class ViewerState:
 
     ``seq`` is unique per report, so the page applies each one once (a component keeps
     returning its last value on every later rerun). ``slice`` counts from 1. ``event`` says
-    what changed: the slice (after scrolling stopped), the window (a drag released) or a preset
-    (a hotkey; ``preset`` names it)."""
+    what changed: the slice (after scrolling stopped), the window (a drag released), a preset
+    (a hotkey; ``preset`` names it), or "resend": the frame does not hold the images or the
+    outline the page sent by key only (it was mounted again), so the page sends them again."""
 
     seq: str
     event: Event
@@ -46,6 +49,48 @@ class ViewerState:
     level: int
     width: int
     preset: str | None
+
+
+class _State(Protocol):
+    """What SentOnce needs of st.session_state (or a dict)."""
+
+    def __contains__(self, key: str, /) -> bool: ...
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+    def __setitem__(self, key: str, value: Any, /) -> None: ...
+
+
+class SentOnce:
+    """Which image sets a page's viewer frame holds, so each is sent once per frame.
+
+    ``state`` is the page's session state (a dict-like); the record lives under ``key``.
+    ``payload(name, set_key, build)`` returns ``build()`` the first time a set key is seen for
+    ``name`` ("images", "outline") and None after, until ``forget()`` (the frame asked for a
+    resend).
+
+    >>> state = {}
+    >>> sent = SentOnce(state, "v")
+    >>> sent.payload("images", "k1", lambda: ["a"]), sent.payload("images", "k1", lambda: ["a"])
+    (['a'], None)
+    >>> sent.payload("images", "k2", lambda: ["b"])
+    ['b']
+    >>> sent.forget(); sent.payload("images", "k2", lambda: ["b"])
+    ['b']
+    """
+
+    def __init__(self, state: _State, key: str) -> None:
+        self.state, self.key = state, key
+
+    def payload(self, name: str, set_key: str, build: Callable[[], T]) -> T | None:
+        held: dict[str, str] = dict(self.state[self.key]) if self.key in self.state else {}
+        if held.get(name) == set_key:
+            return None
+        self.state[self.key] = {**held, name: set_key}
+        return build()
+
+    def forget(self) -> None:
+        self.state[self.key] = {}
 
 
 @dataclass(frozen=True)
@@ -99,8 +144,9 @@ def parse_state(value: object) -> ViewerState | None:
 
 def slice_viewer(
     *,
-    images: Sequence[str],
+    images: Sequence[str] | None,
     images_key: str,
+    n: int,
     rows: int,
     cols: int,
     index: int,
@@ -119,15 +165,19 @@ def slice_viewer(
     """Draw the viewer and return the reader's last report (None before the first).
 
     ``images`` are data URLs of the slices windowed at ``window``, ``images_key`` names that
-    set (the frame decodes a set once; a new key, e.g. a new window, is decoded again).
+    set (the frame decodes a set once; a new key, e.g. a new window, is decoded again). Why
+    ``None`` is allowed: a rerun (each settled scroll is one) would otherwise send every
+    slice again, megabytes per slice change; the page sends a set once and then its key only
+    (see :class:`SentOnce`), and a frame that lacks it answers "resend". ``outline`` likewise.
     ``index`` is the slice the page holds (from 1); ``applied_seq`` the last report the page
     applied, so the frame can tell a reply to its own report from a move made on the page.
-    ``outline``: one data URL (or None) per slice, transparent but for the outline.
+    ``outline``: one data URL (or None) per slice, transparent but for the outline;
+    ``outline_key`` names it (None: no outline).
     """
     args: dict[str, Any] = {
-        "images": list(images),
+        "images": list(images) if images is not None else None,
         "images_key": images_key,
-        "n": len(images),
+        "n": n,
         "rows": rows,
         "cols": cols,
         "index": index,

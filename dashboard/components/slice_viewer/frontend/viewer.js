@@ -134,7 +134,7 @@
     stage.dataset.slice = String(state.index);
     stage.dataset.level = String(Math.round(state.level));
     stage.dataset.width = String(Math.round(state.width));
-    $("outline-btn").setAttribute("aria-pressed", String(state.showOutline && !!a.outline));
+    $("outline-btn").setAttribute("aria-pressed", String(state.showOutline && !!a.outline_key));
     $("heat-btn").setAttribute("aria-pressed", String(state.showHeat && !!a.heatmap));
     if (state.wheelAt !== null) {
       const t0 = state.wheelAt;
@@ -193,7 +193,14 @@
     drawMarkers();
     sizeStage();
 
-    if (args.images_key !== state.loadingKey) {
+    // Python sends a set of images once; later renders carry its key only. A frame that does
+    // not hold that set (it was just mounted again) asks for it, once per key.
+    const missing = (key, srcs) => {
+      if (srcs) return false;
+      if (state.askedFor !== key) { state.askedFor = key; send("resend"); }
+      return true;
+    };
+    if (args.images_key !== state.loadingKey && !missing(args.images_key, args.images)) {
       const key = args.images_key;
       state.loadingKey = key;
       const level = args.level, width = args.width;
@@ -203,8 +210,8 @@
         draw();
       });
     }
-    const outlineKey = args.outline ? args.outline_key : null;
-    if (outlineKey !== state.outlineKey) {
+    const outlineKey = args.outline_key || null;
+    if (outlineKey !== state.outlineKey && !(outlineKey && missing(outlineKey, args.outline))) {
       state.outlineKey = outlineKey;
       if (!outlineKey) { state.outline = []; }
       else {
@@ -227,7 +234,7 @@
         });
       }
     }
-    $("outline-btn").disabled = !args.outline;
+    $("outline-btn").disabled = !args.outline_key;
     $("heat-btn").disabled = !args.heatmap;
     draw();
   }
@@ -311,7 +318,7 @@
   });
 
   function toggleOutline() {
-    if (!state.args.outline) return;
+    if (!state.args.outline_key) return;
     state.showOutline = !state.showOutline;
     draw();
   }
