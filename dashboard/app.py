@@ -11,6 +11,14 @@ from pathlib import Path
 
 import streamlit as st
 
+# Something on the page before the heavy imports (torch, OpenVINO) and the model load: the
+# first start of a server otherwise shows a blank page for many seconds.
+st.set_page_config(page_title="ICH review", page_icon="🧠", layout="wide")
+with st.sidebar:
+    st.title("ICH review")
+starting = st.empty()
+starting.caption("Starting…")
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # works installed or not
 
 from core.errors import ICHError  # noqa: E402
@@ -28,7 +36,7 @@ from dashboard.views import (  # noqa: E402
 )
 from dashboard.views import patient as patient_view  # noqa: E402
 
-st.set_page_config(page_title="ICH review", page_icon="🧠", layout="wide")
+starting.empty()
 sess = session()
 access.render(sess)  # loopback, the hospital's login, or a refusal (st.stop) with the reason
 try:
@@ -38,12 +46,12 @@ try:
 except ICHError as exc:  # the data folder or the database cannot be used: say so, in words
     st.error(str(exc))
     st.stop()
-predictor, model_message = resources.predictor(
-    resources.weights_dir(), resources.allow_unverified()
-)
+with st.spinner("Loading the model…"):  # seconds on a server's first start, then cached
+    predictor, model_message = resources.predictor(
+        resources.weights_dir(), resources.allow_unverified()
+    )
 
 with st.sidebar:
-    st.title("ICH review")
     model_card.render(predictor, model_message)
     intake.render(sess)
     pacs_source = pacs.render(sess, predictor, names, watch_state)
