@@ -1,12 +1,14 @@
-"""Whether bf16 autocast makes a training step faster on this CPU: measured, not read from flags.
+"""Whether bf16 autocast makes a training step faster on this CPU: measured, not only read from
+the flags.
 
-Why a probe: the CPU flags do not tell. On a Xeon with AMX a ResNeXt-101 training step took
-59 ms/slice under bf16 autocast against 114 in fp32; on a 2-core AMD EPYC that reports
-``avx512_bf16`` (and no AMX) the same step took 5.7 s/slice in bf16 against 0.35 s in fp32,
-because torch's backward pass of grouped convolutions has no fast bf16 kernel there. Without
-bf16 units at all it is slower still. So one small bottleneck block of the network's own kind
-(1×1, grouped 3×3, 1×1 with batch norm) is timed forward and backward in both precisions, for
-about a second; bf16 is used only where it wins clearly.
+Why a probe on top of the flags: the flags say whether bf16 units exist, not whether torch's
+kernels for this network's layers (grouped convolutions, forward and backward) use them well.
+On a Xeon with AMX a ResNeXt-101 training step took 59 ms/slice under bf16 autocast against
+114 in fp32; on an AVX2-only AMD EPYC (2026-12-06, load 1.5) the same step took 5.7 s/slice in
+bf16 against 0.35 s in fp32 (the flags already say "no bf16" there, and no probe runs). A CPU
+whose flags promise bf16 but whose kernels are slow would lose that much: one small bottleneck
+block of the network's own kind (1×1, grouped 3×3, 1×1 with batch norm) is timed forward and
+backward in both precisions, for about a second, and bf16 is used only where it wins clearly.
 """
 
 from __future__ import annotations
