@@ -11,7 +11,10 @@ slice.
 infer: the inference engine as the app uses it (core.inference.predictor.Predictor on a loaded
 Study: batched, all cores, input at the model's size), once per backend in the same run: torch
 fp32 (the reference) and every OpenVINO precision this CPU offers (bf16 only where it has bf16
-units); for each, the engine over the N smallest studies, one 36-slice study end to end (zip
+units; int8 where its quantized IR is in the data folder, built first by core.quantize's
+``build_int8`` when it is not and ``--data`` holds rsna_png, with its accuracy figures on the
+validation split), then the choice the app makes (``auto``: the speed probe's precision and
+batch size); for each, the engine over the N smallest studies, one 36-slice study end to end (zip
 bytes → every probability and the bleed map) and the largest difference from torch fp32. All
 against a seed-style loop measured in the same run on the same weights: files read one by one,
 HU and three windows in numpy at the full 512×512, fp32, batch 1, NCHW, one forward per slice
@@ -33,6 +36,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -41,7 +45,12 @@ from PIL import Image
 
 from core.dicom.study import load_studies
 from core.imaging.windowing import BRAIN, MODEL_WINDOWS, apply_window, model_input
-from core.inference.openvino_backend import available_precisions
+from core.inference.openvino_backend import (
+    available_precisions,
+    find_int8_ir,
+    nncf_version,
+    read_int8_record,
+)
 from core.inference.predictor import (
     Predictor,
     ResultCache,
@@ -336,6 +345,9 @@ def bench_infer(args: argparse.Namespace) -> None:
         configs: list[tuple[str, str | None]] = []
         if "torch" in args.backends:
             configs.append(("torch", None))
+        int8_record = _int8(card, args) if precisions and args.weights != "untrained" else None
+        if int8_record is not None and int8_record.get("passed"):
+            configs.append(("openvino", "int8"))
         configs += [("openvino", p) for p in precisions]
         runs: list[BackendRun] = []
         torch_predictor: Predictor | None = None
@@ -347,10 +359,15 @@ def bench_infer(args: argparse.Namespace) -> None:
             else:
                 del predictor
         baseline_model = load_checkpoint(card, allow_unverified=True).model  # NCHW, fp32, CPU
+    offered = [p for b, p in configs if b == "openvino" and p is not None]
     print(
         f"  torch threads: {torch.get_num_threads()}; OpenVINO precisions offered here: "
-        f"{', '.join(precisions) or 'none'}"
+        f"{', '.join(offered) or 'none'}"
     )
+    if int8_record is not None:
+        _print_int8(int8_record)
+    if precisions:
+        _print_auto(card)
 
     # Baseline: warmed up with one untimed slice, like the engines.
     infer_baseline(zips, baseline_model, 1)
@@ -401,6 +418,57 @@ def bench_infer(args: argparse.Namespace) -> None:
     )
     if torch_predictor is not None:
         _bench_gradcam(torch_predictor, zips[0], args, line)
+
+
+def _int8(card: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The int8 IR's record: the cached one, else one built now when ``--data`` holds the
+    rsna_png slices (kept only when it passes the guard); None when neither."""
+    from core.inference.openvino_backend import load_ir
+
+    loaded = load_checkpoint(card, allow_unverified=True)
+    load_ir(loaded, loaded.model)  # the f32 IR the int8 one lives beside
+    folder = find_int8_ir(loaded)
+    if folder is not None:
+        return {**read_int8_record(folder), "source": f"cached in {folder}"}
+    if nncf_version() is None or not (args.data / "rsna_png" / "images").is_dir():
+        print("  int8: no int8 IR cached and no rsna_png under --data to build it from")
+        return None
+    from core.training.int8_check import build_int8
+
+    print("  int8: no int8 IR cached; building it (python -m core.quantize does the same)")
+    build = build_int8(loaded, args.data)
+    where = f"built now, kept in {build.folder}" if build.folder else "built now, refused"
+    return {**build.record, "source": where}
+
+
+def _print_int8(record: dict[str, Any]) -> None:
+    """The int8 IR's accuracy figures on the validation split, from its record."""
+    v = record.get("validation") or {}
+    print(f"  int8 IR: {record.get('source', '')}; NNCF {record.get('nncf')}")
+    if not v:
+        return
+    auc = " ".join(
+        f"{label} {v['auc_torch_fp32'][label]:.4f}->{v['auc_int8'][label]:.4f}"
+        for label in v["auc_int8"]
+        if v["auc_int8"][label] is not None and v["auc_torch_fp32"][label] is not None
+    )
+    print(
+        f"    accuracy on the validation split ({v['slices']} slices), torch fp32 -> int8: "
+        f"AUC {auc}; max |dp| {v['max_dp']:.4f}, bleed map {v['max_dmap']:.4f}"
+    )
+    verdict = (
+        "passed"
+        if record.get("passed")
+        else "REFUSED: " + "; ".join(record.get("refused_because") or [])
+    )
+    print(f"    guard (|dp| <= {record['guard']['tolerance']}): {verdict}")
+
+
+def _print_auto(card: Path) -> None:
+    """What the app itself picks on this machine (backend auto, no batch size given)."""
+    p = Predictor(load_checkpoint(card, allow_unverified=True), cache=ResultCache(), backend="auto")
+    probe = p.engine.probe.summary() if p.engine and p.engine.probe else "no speed probe"
+    print(f"  the app's choice here (auto): {p.backend_name}, batch {p.batch_size}; {probe}")
 
 
 def _bench_gradcam(

@@ -197,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         help="use a model that is not on the manifest or whose card fails its digest "
         "(core.model.integrity); every output then says 'unverified model'",
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="slices per forward pass (default: the OpenVINO speed probe's choice, 16 under torch)",
+    )
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "--show-identity", action="store_true", help="name the patient in the PDF reports"
     )
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if args.flag_threshold is not None and not 0.0 < args.flag_threshold < 1.0:
         parser.error("--flag-threshold must be a probability between 0 and 1")

@@ -13,22 +13,34 @@ How it is shaped:
   is kept in the app's data folder (``core.data_folder.data_dir()/openvino``), in a folder
   named by the weights' sha256, the input size and the OpenVINO version: a later start only
   reads it (a fraction of a second), and new weights or a new OpenVINO never reuse an old one.
-* Precision from the CPU, detected, never assumed: bf16 where the CPU has bf16 units
-  (``cpu_has_bf16`` and OpenVINO's own ``OPTIMIZATION_CAPABILITIES`` both say so), f32
-  elsewhere (bf16 without the units is emulated and far slower).
+  When a new folder is written, the folders this install will not read again are pruned
+  (``prune_ir_cache``).
+* int8: a quantized copy of the IR (NNCF post-training quantization, core.inference.int8),
+  built by ``python -m core.quantize`` from real training slices and kept inside that folder
+  (``int8-nncf<version>-cal<calibration digest>``); it is offered only where it exists, so the
+  app needs no data at run time and scores with bf16/f32 until someone builds it.
+* Precisions offered: int8 where its IR is cached, bf16 where the CPU has bf16 units
+  (``cpu_has_bf16`` and OpenVINO's own ``OPTIMIZATION_CAPABILITIES`` both say so; bf16
+  without the units is emulated and far slower), f32 always.
+* The load check: before an engine is used, a fixed probe batch (a synthetic head phantom,
+  ``probe_batch``) goes through it and through the torch model in fp32; a precision whose
+  calibrated probabilities or bleed map differ by more than its tolerance (``CHECK_TOLERANCE``)
+  is refused; when none passes, or anything fails to convert or compile, the caller scores
+  with torch and says so in one log line.
+* Speed decides, not an assumption: where several precisions pass, a timed probe of a few
+  seconds (``speed_probe``) picks the fastest and, for it, the batch size (1, 4, 8 or 16);
+  its figures are kept beside the IR (``speed-probe.json``, keyed by this machine), so it
+  runs once per machine and model, and one log line gives the choice and the figures.
 * Threads, streams and the number of parallel requests come from OpenVINO's THROUGHPUT
   performance hint (it sizes them for the cores it may use); each batch is split across that
   many requests run at once.
-* The load check: before an engine is used, a fixed probe batch (a synthetic head phantom,
-  ``probe_batch``) goes through it and through the torch model in fp32; a precision whose
-  calibrated probabilities or bleed map differ by more than ``CHECK_TOLERANCE`` is refused and
-  the next one tried (bf16 → f32); when none passes, or anything fails to convert or compile,
-  the caller scores with torch and says so in one log line.
 * Grad-CAM needs gradients, so it stays in torch (core.model.gradcam on the same module).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
@@ -36,6 +48,8 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,8 +73,9 @@ AUTO = "auto"
 BACKENDS = (TORCH, OPENVINO, AUTO)
 BACKEND_ENV = "ICH_BACKEND"
 
-#: OpenVINO precisions in the order tried: the fastest first.
-PRECISIONS = ("bf16", "f32")
+#: OpenVINO precisions, in the order tried when no speed probe has ranked them: int8 (only
+#: where its quantized IR is cached), bf16 (only where the CPU has bf16 units), f32.
+PRECISIONS = ("int8", "bf16", "f32")
 
 #: Largest |Δp| allowed between a precision and torch fp32, for every label's calibrated
 #: probability and every cell of the bleed map: on the load check's probe batch, and in the
@@ -75,6 +90,23 @@ PROBE_SLICES = 4
 #: Output names given to the IR, so that they are found by name, not by position.
 LOGITS = "logits"
 MAP_LOGITS = "bleed_map_logits"
+
+#: Batch sizes the speed probe tries for the fastest precision.
+PROBE_BATCH_SIZES = (1, 4, 8, 16)
+#: The batch size at which precisions are compared: the load check's probe batch, so each
+#: engine is already warm at it.
+COMPARE_BATCH = PROBE_SLICES
+#: The speed probe stops trying further batch sizes once it has run this long (each
+#: precision is still timed once at COMPARE_BATCH): a few seconds, once per machine and model.
+PROBE_BUDGET_S = 6.0
+#: The speed probe's figures, in the IR's folder.
+PROBE_FILE = "speed-probe.json"
+#: The int8 IR's own record (weights, versions, calibration set, accuracy figures).
+INT8_RECORD = "int8.json"
+#: Besides the current weights' IR folder, the IR folders of this many other weights (the most
+#: recently used) survive a prune: switching between two models (a second card, the bench)
+#: must not convert, and lose its int8 IR, on every switch.
+KEEP_OTHER_WEIGHTS = 1
 
 
 def requested_backend(backend: str | None = None) -> str:
@@ -98,10 +130,20 @@ def openvino_version() -> str | None:
     return str(ov.get_version())
 
 
+def nncf_version() -> str | None:
+    """The installed NNCF's version (read from its metadata, without importing it: importing
+    NNCF takes seconds), or None when absent."""
+    try:
+        return package_version("nncf")
+    except PackageNotFoundError:
+        return None
+
+
 def available_precisions() -> tuple[str, ...]:
-    """The OpenVINO precisions this machine offers, fastest first: bf16 only where the CPU
+    """The OpenVINO precisions this CPU offers for the converted IR: bf16 only where the CPU
     has bf16 units (both /proc/cpuinfo's flags and OpenVINO's capabilities say so), f32
-    always; () when OpenVINO is not installed."""
+    always; () when OpenVINO is not installed. int8 is not a property of the CPU but of the
+    cache (``find_int8_ir``): OpenVINO runs int8 on every x86 CPU it supports."""
     from core.inference.predictor import cpu_has_bf16
 
     try:
@@ -164,17 +206,21 @@ def convert(model: nn.Module, spec: ModelSpec) -> Any:
 def load_ir(loaded: LoadedModel, model: nn.Module, root: Path | None = None) -> tuple[Any, bool]:
     """(the IR of ``loaded``'s weights, whether it came from the disk cache). Converted once and
     written atomically (a temporary folder renamed into place), so two processes starting
-    together never read a half-written file."""
+    together never read a half-written file; a new folder prunes the ones this install will
+    not read again (``prune_ir_cache``)."""
     import openvino as ov
 
     folder = ir_folder(loaded, root)
     xml = folder / "model.xml"
     if xml.is_file() and (folder / "model.bin").is_file():
         try:
-            return ov.Core().read_model(xml), True
+            ir = ov.Core().read_model(xml)
         except RuntimeError as exc:  # damaged cache: convert again
             log.warning("the cached OpenVINO model is unreadable (%s); converting again", exc)
             shutil.rmtree(folder, ignore_errors=True)
+        else:
+            _mark_used(folder)
+            return ir, True
     start = time.perf_counter()
     ir = convert(model, loaded.spec)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +239,78 @@ def load_ir(loaded: LoadedModel, model: nn.Module, root: Path | None = None) -> 
         "converted the model for OpenVINO in %.1f s (kept for later starts)",
         time.perf_counter() - start,
     )
+    prune_ir_cache(folder)
     return ir, False
+
+
+def _mark_used(folder: Path) -> None:
+    """The folder's time stamp says when it was last used (the prune keeps the recent ones)."""
+    with contextlib.suppress(OSError):
+        os.utime(folder)
+
+
+def prune_ir_cache(current: Path) -> list[Path]:
+    """Remove the IR folders beside ``current`` that this install will not read again: those
+    of another OpenVINO version, and those of other weights beyond the ``KEEP_OTHER_WEIGHTS``
+    most recently used; returns what was removed. A folder still being written (``.tmp-``) is
+    left alone. Why: each ResNeXt-101 IR is ~170 MB (f32) plus ~45 MB (int8), and every new
+    weights or OpenVINO version would otherwise add another."""
+    ov_tag = current.name.rpartition("-ov")[2]
+    try:
+        others = [
+            p
+            for p in current.parent.iterdir()
+            if p.is_dir() and p != current and not p.name.startswith(".tmp-")
+        ]
+    except OSError:
+        return []
+    stale = [p for p in others if p.name.rpartition("-ov")[2] != ov_tag]
+    same_version = sorted(
+        (p for p in others if p not in stale), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    removed = stale + same_version[KEEP_OTHER_WEIGHTS:]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    if removed:
+        log.info("removed %d old OpenVINO model folder(s) from the cache", len(removed))
+    return removed
+
+
+def int8_folder_name(calibration_digest: str, nncf: str | None = None) -> str:
+    """The int8 IR's folder inside the f32 IR's folder: named by the NNCF version that
+    quantized it and the digest of its calibration set (with the f32 folder's weights digest,
+    input size and OpenVINO version, that is its whole identity)."""
+    version = re.sub(r"[^A-Za-z0-9.]+", "-", nncf or nncf_version() or "none")
+    return f"int8-nncf{version}-cal{calibration_digest[:16]}"
+
+
+def find_int8_ir(loaded: LoadedModel, root: Path | None = None) -> Path | None:
+    """The folder of the int8 IR of ``loaded``'s weights for this OpenVINO and NNCF, or None
+    when none was built (``python -m core.quantize``); of several (other calibration sets),
+    the most recent."""
+    version = nncf_version()
+    base = ir_folder(loaded, root)
+    if version is None or not base.is_dir():
+        return None
+    prefix = int8_folder_name("", version)
+    found = [
+        p
+        for p in base.iterdir()
+        if p.is_dir()
+        and p.name.startswith(prefix)
+        and all((p / n).is_file() for n in ("model.xml", "model.bin", INT8_RECORD))
+    ]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def read_int8_record(folder: Path) -> dict[str, Any]:
+    """The int8 IR's record (weights, versions, calibration set, accuracy figures); {} when
+    unreadable."""
+    try:
+        record = json.loads((folder / INT8_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 # --------------------------------------------------------------------------- the engine
@@ -213,6 +330,32 @@ class CheckResult:
         return self.max_dp <= self.tolerance and self.max_dmap <= self.tolerance
 
 
+@dataclass(frozen=True)
+class ProbeFigures:
+    """What the speed probe measured, ms per slice: each passing precision at
+    ``COMPARE_BATCH``, and the chosen one at each batch size it reached in its time budget.
+    ``cached``: read from ``PROBE_FILE``, not measured in this process."""
+
+    by_precision: dict[str, float]
+    by_batch: dict[int, float]
+    cached: bool
+
+    def summary(self) -> str:
+        """One line's worth, e.g. 'int8 62.1 · f32 224.0 ms/slice at batch 4; int8 at batch
+        1/4/8/16: 85.0/62.1/70.6/63.8 ms/slice (measured now)'."""
+        ranked = sorted(self.by_precision.items(), key=lambda kv: kv[1])
+        head = " · ".join(f"{p} {ms:.1f}" for p, ms in ranked)
+        out = f"{head} ms/slice at batch {COMPARE_BATCH}"
+        if self.by_batch and ranked:
+            sizes = sorted(self.by_batch)
+            out += (
+                f"; {ranked[0][0]} at batch {'/'.join(map(str, sizes))}: "
+                + "/".join(f"{self.by_batch[b]:.1f}" for b in sizes)
+                + " ms/slice"
+            )
+        return out + (" (cached probe)" if self.cached else " (measured now)")
+
+
 class OpenVinoEngine:
     """A compiled model at one precision: ``infer(x)`` → (logits, map logits or None), numpy
     float32. Not thread-safe on its own: the Predictor calls it under the model's lock."""
@@ -230,6 +373,12 @@ class OpenVinoEngine:
         self.version = (openvino_version() or "").split("-")[0]
         #: Set by ``open_engine``: the load check this engine passed.
         self.check: CheckResult | None = None
+        #: Set by ``open_engine``: the batch size the speed probe chose (None: not probed).
+        self.batch_size: int | None = None
+        #: Set by ``open_engine``: the speed probe's figures (None: not probed).
+        self.probe: ProbeFigures | None = None
+        #: For int8: the folder of the quantized IR it runs.
+        self.ir_path: Path | None = None
 
     @property
     def name(self) -> str:
@@ -262,13 +411,16 @@ class OpenVinoEngine:
 
 
 def compile_engine(ir: Any, precision: str, with_map: bool) -> OpenVinoEngine:
-    """The IR compiled for this CPU at ``precision`` under OpenVINO's THROUGHPUT hint."""
+    """The IR compiled for this CPU at ``precision`` under OpenVINO's THROUGHPUT hint. For int8
+    (a quantized IR) the layers left unquantized run in f32, never bf16: int8 already spends
+    the accuracy budget."""
     import openvino as ov
 
+    hint = "f32" if precision == "int8" else precision
     compiled = ov.Core().compile_model(
         ir,
         "CPU",
-        {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "THROUGHPUT"},
+        {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"},
     )
     return OpenVinoEngine(compiled, precision, with_map)
 
@@ -302,27 +454,163 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
 
 
+def torch_reference(model: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """The torch module's fp32 logits and map logits on ``x`` (what every engine is held to)."""
+    wrapper = _WithMap(model).eval()
+    with torch.inference_mode():
+        ref = wrapper(x)
+    ref_logits, ref_map = ref if wrapper.with_map else (ref, None)
+    return ref_logits.float().numpy(), None if ref_map is None else ref_map.float().numpy()
+
+
+def compare(
+    logits: np.ndarray,
+    maps: np.ndarray | None,
+    reference: tuple[np.ndarray, np.ndarray | None],
+    temperature: tuple[float, ...],
+) -> tuple[float, float]:
+    """(largest |Δp| of the calibrated probabilities, largest |Δp| of the bleed map's cells)
+    of an engine's outputs against torch's; 0.0 for the map where there is none."""
+    ref_logits, ref_map = reference
+    dp = np.abs(_calibrated(logits, temperature) - _calibrated(ref_logits, temperature))
+    dmap = 0.0
+    if ref_map is not None and maps is not None:
+        dmap = float(np.abs(_sigmoid(maps) - _sigmoid(ref_map)).max())
+    return float(dp.max()), dmap
+
+
 def check_engine(
     engine: OpenVinoEngine,
     model: nn.Module,
     temperature: tuple[float, ...],
     x: torch.Tensor,
     tolerance: float = CHECK_TOLERANCE,
+    reference: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> CheckResult:
-    """``engine`` against the torch module in fp32 on the batch ``x``: the largest |Δp| of the
-    calibrated probabilities and of the bleed map's probabilities."""
-    wrapper = _WithMap(model).eval()
-    with torch.inference_mode():
-        ref = wrapper(x)
-    ref_logits, ref_map = ref if wrapper.with_map else (ref, None)
+    """``engine`` against the torch module in fp32 on the batch ``x`` (``reference``: torch's
+    outputs on it, when already computed): the largest |Δp| of the calibrated probabilities
+    and of the bleed map's probabilities."""
+    if reference is None:
+        reference = torch_reference(model, x)
     logits, maps = engine.infer(x.numpy())
-    dp = np.abs(
-        _calibrated(logits, temperature) - _calibrated(ref_logits.float().numpy(), temperature)
-    )
-    dmap = 0.0
-    if ref_map is not None and maps is not None:
-        dmap = float(np.abs(_sigmoid(maps) - _sigmoid(ref_map.float().numpy())).max())
-    return CheckResult(engine.precision, float(dp.max()), dmap, tolerance)
+    max_dp, max_dmap = compare(logits, maps, reference, temperature)
+    return CheckResult(engine.precision, max_dp, max_dmap, tolerance)
+
+
+# --------------------------------------------------------------------------- speed probe
+
+
+def machine_key() -> dict[str, Any]:
+    """What the speed probe's figures depend on besides the model: the CPU, the cores this
+    process may use, the flags that decide the precisions, and OpenVINO's version."""
+    from core.inference.predictor import cpu_flags, usable_cpus
+
+    try:
+        import openvino as ov
+
+        cpu = str(ov.Core().get_property("CPU", "FULL_DEVICE_NAME"))
+    except Exception:  # noqa: BLE001 - the key only needs to differ between machines
+        cpu = "unknown"
+    flags = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"}
+    return {
+        "cpu": cpu,
+        "usable_cpus": usable_cpus(),
+        "flags": sorted(cpu_flags() & flags),
+        "openvino": (openvino_version() or "").split("-")[0],
+    }
+
+
+def _probe_id(engine: OpenVinoEngine) -> str:
+    """The probe's name for what it timed: the precision, and for int8 which quantized IR."""
+    if engine.precision == "int8" and engine.ir_path is not None:
+        return f"int8:{engine.ir_path.name}"
+    return engine.precision
+
+
+def read_probe(folder: Path) -> dict[str, Any]:
+    """The speed probe's figures kept in ``folder`` for this machine; {} when there are none
+    (or they were measured on another machine)."""
+    try:
+        data = json.loads((folder / PROBE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("machine") != machine_key():
+        return {}
+    return data
+
+
+def _write_probe(folder: Path, data: dict[str, Any]) -> None:
+    """Written to a temporary file and renamed: a reader never sees half of it."""
+    try:
+        tmp = folder / f".{PROBE_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, folder / PROBE_FILE)
+    except OSError as exc:  # the probe runs again next start; nothing else depends on it
+        log.info("could not keep the speed probe's figures (%s)", exc)
+
+
+def _time_batch(engine: OpenVinoEngine, x: np.ndarray, runs: int, warm: bool) -> float:
+    """Best ms per slice of ``runs`` timed passes over ``x`` (after one untimed pass unless
+    ``warm``): the best, because on a shared machine the others measure the neighbours."""
+    if not warm:
+        engine.infer(x)
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        engine.infer(x)
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best / len(x)
+
+
+def speed_probe(
+    engines: dict[str, OpenVinoEngine],
+    spec: ModelSpec,
+    budget_s: float = PROBE_BUDGET_S,
+    batch_sizes: tuple[int, ...] = PROBE_BATCH_SIZES,
+) -> tuple[str, int, ProbeFigures]:
+    """(fastest precision, its fastest batch size, the figures), timed on the probe phantom.
+
+    Every engine is timed at ``COMPARE_BATCH`` (warm from the load check): best of two passes.
+    Then the fastest one at the other batch sizes, smallest first, one warm-up and up to two
+    timed passes each, until ``budget_s`` is spent (a size not reached is not chosen)."""
+    start = time.perf_counter()
+    x = probe_batch(spec, max(batch_sizes)).numpy()
+    by_precision = {
+        p: _time_batch(e, x[:COMPARE_BATCH], runs=2, warm=True) for p, e in engines.items()
+    }
+    fastest = min(by_precision, key=lambda p: by_precision[p])
+    by_batch = {COMPARE_BATCH: by_precision[fastest]}
+    for size in sorted(batch_sizes):
+        if size in by_batch:
+            continue
+        if time.perf_counter() - start > budget_s:
+            break
+        runs = 2 if time.perf_counter() - start < budget_s / 2 else 1
+        by_batch[size] = _time_batch(engines[fastest], x[:size], runs=runs, warm=False)
+    batch = min(by_batch, key=lambda b: by_batch[b])
+    return fastest, batch, ProbeFigures(by_precision, by_batch, cached=False)
+
+
+# --------------------------------------------------------------------------- choice
+
+
+def _candidates(loaded: LoadedModel, precision: str | None) -> tuple[list[str], Path | None]:
+    """(the precisions to try, in PRECISIONS order; the int8 IR's folder or None)."""
+    offered = available_precisions()
+    if not offered:
+        raise RuntimeError("the openvino package is not installed")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"unknown OpenVINO precision {precision!r}; use one of {PRECISIONS}")
+    int8 = find_int8_ir(loaded) if precision in (None, "int8") else None
+    if precision == "int8" and int8 is None:
+        raise RuntimeError(
+            "no int8 model is built for these weights, this OpenVINO and this NNCF: build it "
+            "with python -m core.quantize"
+        )
+    if precision not in (None, "int8") and precision not in offered:
+        raise RuntimeError(f"this CPU does not offer {precision} (it offers {', '.join(offered)})")
+    candidates = (["int8"] if int8 is not None else []) + list(offered)
+    return [p for p in candidates if precision in (None, p)], int8
 
 
 def open_engine(
@@ -330,39 +618,86 @@ def open_engine(
     model: nn.Module,
     precision: str | None = None,
     tolerance: float = CHECK_TOLERANCE,
+    *,
+    probe: bool = True,
 ) -> OpenVinoEngine:
-    """The fastest precision this CPU offers (or ``precision``) that passes the load check.
+    """The fastest precision on offer (or ``precision``) that passes the load check, with the
+    batch size it is fastest at (``engine.batch_size``).
+
+    Every candidate is compiled and checked; of those that pass, the speed probe's figures
+    decide (measured once and kept beside the IR; ``probe=False`` skips it, taking the first
+    in PRECISIONS order). Where figures for all candidates are already kept, only the
+    candidates are tried in that order, the first passing one used, and nothing is timed.
 
     Raises RuntimeError, saying why, when OpenVINO is absent, the conversion or compilation
     fails, or no precision passes: the caller then scores with torch.
     """
-    offered = available_precisions()
-    if not offered:
-        raise RuntimeError("the openvino package is not installed")
-    if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"unknown OpenVINO precision {precision!r}; use one of {PRECISIONS}")
-    if precision is not None and precision not in offered:
-        raise RuntimeError(f"this CPU does not offer {precision} (it offers {', '.join(offered)})")
-    candidates = (precision,) if precision else offered
+    import openvino as ov
+
+    candidates, int8 = _candidates(loaded, precision)
     ir, _cached = load_ir(loaded, model)
+    folder = ir_folder(loaded)
     x = probe_batch(loaded.spec)
-    refused = []
+    reference = torch_reference(model, x)
+    with_map = has_bleed_map(model)
+
+    kept = read_probe(folder) if probe else {}
+    kept_ms: dict[str, float] = kept.get("by_precision", {})
+    ids = {p: f"int8:{int8.name}" if p == "int8" and int8 is not None else p for p in candidates}
+    all_kept = probe and all(ids[p] in kept_ms for p in candidates)
+    if all_kept:
+        candidates.sort(key=lambda p: kept_ms[ids[p]])
+
+    refused: list[str] = []
+    passed: dict[str, OpenVinoEngine] = {}
     for p in candidates:
-        engine = compile_engine(ir, p, has_bleed_map(model))
-        result = check_engine(engine, model, loaded.temperature, x, tolerance)
-        if result.passed:
-            engine.check = result
+        source = ov.Core().read_model(int8 / "model.xml") if p == "int8" and int8 else ir
+        engine = compile_engine(source, p, with_map)
+        engine.ir_path = int8 if p == "int8" else None
+        result = check_engine(engine, model, loaded.temperature, x, tolerance, reference)
+        if not result.passed:
+            log.warning(
+                "OpenVINO %s refused: it differs from torch fp32 by %.3g (probabilities) / %.3g "
+                "(bleed map) on the load check, more than %.3g",
+                p,
+                result.max_dp,
+                result.max_dmap,
+                tolerance,
+            )
+            refused.append(f"{p} (|Δp| {max(result.max_dp, result.max_dmap):.3g})")
+            continue
+        engine.check = result
+        passed[p] = engine
+        if all_kept or not probe:
+            break  # the fastest that passes (kept figures), or the first (no probe)
+    if not passed:
+        raise RuntimeError(f"no OpenVINO precision passed the load check: {', '.join(refused)}")
+
+    if not probe:
+        return next(iter(passed.values()))
+    if all_kept:
+        ((p, engine),) = passed.items()
+        by_batch = {int(b): ms for b, ms in kept.get("by_batch", {}).get(ids[p], {}).items()}
+        if by_batch:
+            engine.batch_size = min(by_batch, key=lambda b: by_batch[b])
+            shown = {q: kept_ms[ids[q]] for q in candidates}
+            engine.probe = ProbeFigures(shown, by_batch, cached=True)
             return engine
-        log.warning(
-            "OpenVINO %s refused: it differs from torch fp32 by %.3g (probabilities) / %.3g "
-            "(bleed map) on the load check, more than %.3g",
-            p,
-            result.max_dp,
-            result.max_dmap,
-            tolerance,
-        )
-        refused.append(f"{p} (|Δp| {max(result.max_dp, result.max_dmap):.3g})")
-    raise RuntimeError(f"no OpenVINO precision passed the load check: {', '.join(refused)}")
+        passed_now = {p: engine}
+    else:
+        passed_now = passed
+    best, batch, figures = speed_probe(passed_now, loaded.spec)
+    engine = passed_now[best]
+    engine.batch_size, engine.probe = batch, figures
+    record = read_probe(folder) or {"machine": machine_key()}
+    record.setdefault("by_precision", {}).update(
+        {_probe_id(e): figures.by_precision[q] for q, e in passed_now.items()}
+    )
+    record.setdefault("by_batch", {})[_probe_id(engine)] = {
+        str(b): ms for b, ms in figures.by_batch.items()
+    }
+    _write_probe(folder, record)
+    return engine
 
 
 __all__ = [
@@ -370,19 +705,33 @@ __all__ = [
     "BACKENDS",
     "BACKEND_ENV",
     "CHECK_TOLERANCE",
+    "INT8_RECORD",
     "OPENVINO",
     "PRECISIONS",
+    "PROBE_BATCH_SIZES",
+    "PROBE_FILE",
     "TORCH",
     "CheckResult",
     "OpenVinoEngine",
+    "ProbeFigures",
     "available_precisions",
     "check_engine",
+    "compare",
     "compile_engine",
     "convert",
+    "find_int8_ir",
+    "int8_folder_name",
     "ir_folder",
     "load_ir",
+    "machine_key",
+    "nncf_version",
     "open_engine",
     "openvino_version",
     "probe_batch",
+    "prune_ir_cache",
+    "read_int8_record",
+    "read_probe",
     "requested_backend",
+    "speed_probe",
+    "torch_reference",
 ]

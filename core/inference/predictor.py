@@ -452,17 +452,19 @@ class Predictor:
 
     ``backend`` ('torch', 'openvino' or 'auto'; default ``$ICH_BACKEND``, else 'auto') picks
     what runs the forward pass on the CPU: with 'openvino' or 'auto' the network is compiled by
-    OpenVINO (core.inference.openvino_backend) at the fastest precision this CPU offers that
-    passes the load check (``precision`` forces one: 'bf16' or 'f32'); if that fails, torch
-    runs it and one log line says why. torch stays the reference, and Grad-CAM always runs in
-    torch. ``backend_name`` says what is actually used.
+    OpenVINO (core.inference.openvino_backend) at the fastest precision on offer that passes
+    the load check, fastest as its speed probe measured (``precision`` forces one: 'int8',
+    'bf16' or 'f32'); if that fails, torch runs it and one log line says why. torch stays the
+    reference, and Grad-CAM always runs in torch. ``backend_name`` says what is actually used.
+    ``batch_size``: slices per forward pass; None takes the speed probe's choice under
+    OpenVINO and DEFAULT_BATCH_SIZE under torch.
     """
 
     def __init__(
         self,
         loaded: LoadedModel,
         device: str | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         *,
         half: bool | None = None,
         cache: ResultCache | None = None,
@@ -470,10 +472,12 @@ class Predictor:
         backend: str | None = None,
         precision: str | None = None,
     ) -> None:
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.device = resolve_device(device)
-        self.batch_size = batch_size
+        #: Slices per forward pass: as given, else the OpenVINO speed probe's choice, else
+        #: DEFAULT_BATCH_SIZE (set again once the engine is open).
+        self.batch_size = batch_size or DEFAULT_BATCH_SIZE
         self.half = self.device.startswith("cuda") if half is None else half
         if self.half and not self.device.startswith("cuda"):
             raise ValueError("fp16 inference is only used on a GPU")
@@ -498,6 +502,8 @@ class Predictor:
         self.last_timing: InferenceTiming | None = None
         #: The OpenVINO engine running the forward pass, or None when torch runs it.
         self.engine: OpenVinoEngine | None = self._open_engine(backend, precision)
+        if batch_size is None and self.engine is not None and self.engine.batch_size:
+            self.batch_size = self.engine.batch_size
 
     def _open_engine(self, backend: str | None, precision: str | None) -> OpenVinoEngine | None:
         """OpenVINO for the forward pass where asked (or 'auto') and possible; else None, with
@@ -516,11 +522,15 @@ class Predictor:
             log.log(level, "OpenVINO not used (%s); scoring with torch fp32", exc)
             return None
         log.info(
-            "forward pass on %s (%d streams, %d threads; load check max |dp| %.2g)",
+            "forward pass on %s, batch %s (%d streams, %d threads; load check max |dp| %.2g, "
+            "bleed map %.2g; speed probe: %s)",
             engine.name,
+            engine.batch_size or "as given",
             engine.streams,
             engine.threads,
             engine.check.max_dp if engine.check else float("nan"),
+            engine.check.max_dmap if engine.check else float("nan"),
+            engine.probe.summary() if engine.probe else "not run",
         )
         return engine
 
@@ -537,7 +547,7 @@ class Predictor:
         device: str | None = None,
         *,
         weights_dir: str | Path | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         backend: str | None = None,
         allow_unverified: bool = False,
     ) -> Predictor:
