@@ -358,6 +358,9 @@ def bench_infer(args: argparse.Namespace) -> None:
                 torch_predictor = predictor
             else:
                 del predictor
+        refused_int8: tuple[float, np.ndarray] | None = None
+        if int8_record is not None and not int8_record.get("passed") and int8_record["folder"]:
+            refused_int8 = _time_refused_int8(card, zips, int8_record["folder"], args)
         baseline_model = load_checkpoint(card, allow_unverified=True).model  # NCHW, fp32, CPU
     offered = [p for b, p in configs if b == "openvino" and p is not None]
     print(
@@ -410,6 +413,12 @@ def bench_infer(args: argparse.Namespace) -> None:
             if run.maps is not None and reference.maps is not None:
                 dm = float(np.abs(run.maps - reference.maps).max())
                 line("max |d bleed-map p| vs torch fp32, every cell", f"{dm:8.4f}")
+    if refused_int8 is not None:
+        print("  [OpenVINO int8, refused by the accuracy guard: timed for information only]")
+        line("model forward only, batch as above", f"{refused_int8[0]:8.1f} ms/slice")
+        if reference is not None:
+            dp = float(np.abs(refused_int8[1] - reference.probs).max())
+            line("max |dp| vs torch fp32, every slice and label", f"{dp:8.4f}")
     base_name = f"baseline (dcmread per file, 512x512, fp32, batch 1, NCHW), {base_n} slices"
     line(base_name, f"{base_ms:8.1f} ms/slice")
     print(
@@ -427,18 +436,55 @@ def _int8(card: Path, args: argparse.Namespace) -> dict[str, Any] | None:
 
     loaded = load_checkpoint(card, allow_unverified=True)
     load_ir(loaded, loaded.model)  # the f32 IR the int8 one lives beside
-    folder = find_int8_ir(loaded)
+    folder = find_int8_ir(loaded, refused=True)
     if folder is not None:
-        return {**read_int8_record(folder), "source": f"cached in {folder}"}
+        return {**read_int8_record(folder), "source": f"cached in {folder}", "folder": folder}
     if nncf_version() is None or not (args.data / "rsna_png" / "images").is_dir():
         print("  int8: no int8 IR cached and no rsna_png under --data to build it from")
         return None
     from core.training.int8_check import build_int8
 
     print("  int8: no int8 IR cached; building it (python -m core.quantize does the same)")
-    build = build_int8(loaded, args.data)
-    where = f"built now, kept in {build.folder}" if build.folder else "built now, refused"
-    return {**build.record, "source": where}
+    # A refused one is kept too, marked so (the engine never offers it): the next run times
+    # it without quantizing again.
+    build = build_int8(loaded, args.data, keep_refused=True)
+    return {**build.record, "source": f"built now, kept in {build.folder}", "folder": build.folder}
+
+
+def _time_refused_int8(
+    card: Path, zips: list[Path], folder: Path, args: argparse.Namespace
+) -> tuple[float, np.ndarray]:
+    """(ms per slice of the forward pass, calibrated probabilities of every slice in order)
+    of an int8 IR the guard refused, for information: the engine never runs it, so it is
+    timed here on its own, at the bench's batch size, on the same studies' model inputs."""
+    import openvino as ov
+
+    from core.inference.openvino_backend import compile_engine
+    from core.model.bleed_map import has_bleed_map
+
+    loaded = load_checkpoint(card, allow_unverified=True)
+    spec = loaded.spec
+    engine = compile_engine(
+        ov.Core().read_model(folder / "model.xml"), "int8", has_bleed_map(loaded.model)
+    )
+    batches = []
+    for path in zips:
+        for study in load_studies(path):
+            hu = study.default_series.hu
+            for lo in range(0, len(hu), args.batch_size):
+                x = model_input(hu[lo : lo + args.batch_size], spec.input_size, spec.windows)
+                batches.append(x.numpy())
+    engine.infer(batches[0])  # warm-up, as the engines get
+    best = float("inf")
+    logits: list[np.ndarray] = []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        logits = [engine.infer(x)[0] for x in batches]
+        best = min(best, time.perf_counter() - t)
+    n = sum(len(x) for x in batches)
+    temperature = np.asarray(loaded.temperature, dtype=np.float64)
+    probs = 1.0 / (1.0 + np.exp(-np.concatenate(logits).astype(np.float64) / temperature))
+    return 1000 * best / n, probs
 
 
 def _print_int8(record: dict[str, Any]) -> None:

@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=CHECK_TOLERANCE,
         help=f"largest |Δp| allowed against torch fp32 (default {CHECK_TOLERANCE})",
     )
+    p.add_argument(
+        "--keep-refused",
+        action="store_true",
+        help="keep an int8 model the guard refused, marked so, for measuring (python -m "
+        "core.bench infer times it); the engine never uses it",
+    )
     p.add_argument("--json", type=Path, help="also write the record (figures, verdict) here")
     return p
 
@@ -90,6 +96,8 @@ def report(build: Int8Build) -> str:
             f"int8 REFUSED (guard: |Δp| <= {g['tolerance']:g}, AUC change <= {g['max_dauc']:g}): "
             + "; ".join(build.reasons)
         )
+        if build.folder is not None:
+            lines.append(f"kept, marked refused, for measuring only, in {build.folder}")
     return "\n".join(lines)
 
 
@@ -111,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     except ICHError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    build = build_int8(loaded, args.data, tolerance=args.tolerance, max_dauc=MAX_DAUC)
+    build = build_int8(
+        loaded,
+        args.data,
+        tolerance=args.tolerance,
+        max_dauc=MAX_DAUC,
+        keep_refused=args.keep_refused,
+    )
     print(report(build))
     if args.json is not None:
         args.json.write_text(json.dumps(build.record, indent=1, sort_keys=True), "utf-8")

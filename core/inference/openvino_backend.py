@@ -284,10 +284,14 @@ def int8_folder_name(calibration_digest: str, nncf: str | None = None) -> str:
     return f"int8-nncf{version}-cal{calibration_digest[:16]}"
 
 
-def find_int8_ir(loaded: LoadedModel, root: Path | None = None) -> Path | None:
+def find_int8_ir(
+    loaded: LoadedModel, root: Path | None = None, *, refused: bool = False
+) -> Path | None:
     """The folder of the int8 IR of ``loaded``'s weights for this OpenVINO and NNCF, or None
     when none was built (``python -m core.quantize``); of several (other calibration sets),
-    the most recent."""
+    the most recent. One whose record says the accuracy guard refused it (kept by
+    ``--keep-refused`` for measuring) is found only with ``refused``: the engine never is
+    offered it."""
     version = nncf_version()
     base = ir_folder(loaded, root)
     if version is None or not base.is_dir():
@@ -299,6 +303,7 @@ def find_int8_ir(loaded: LoadedModel, root: Path | None = None) -> Path | None:
         if p.is_dir()
         and p.name.startswith(prefix)
         and all((p / n).is_file() for n in ("model.xml", "model.bin", INT8_RECORD))
+        and (refused or read_int8_record(p).get("passed") is not False)
     ]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
@@ -626,8 +631,9 @@ def open_engine(
 
     Every candidate is compiled and checked; of those that pass, the speed probe's figures
     decide (measured once and kept beside the IR; ``probe=False`` skips it, taking the first
-    in PRECISIONS order). Where figures for all candidates are already kept, only the
-    candidates are tried in that order, the first passing one used, and nothing is timed.
+    in PRECISIONS order). Where figures (or, at this tolerance, a refusal) are already kept
+    for every candidate, the candidates are tried fastest first, refused ones last, the first
+    passing one used, and nothing is timed: a later start compiles and checks one engine.
 
     Raises RuntimeError, saying why, when OpenVINO is absent, the conversion or compilation
     fails, or no precision passes: the caller then scores with torch.
@@ -643,12 +649,16 @@ def open_engine(
 
     kept = read_probe(folder) if probe else {}
     kept_ms: dict[str, float] = kept.get("by_precision", {})
+    # Refused at this tolerance on an earlier start: known too, tried last (the check is
+    # deterministic, so a start does not compile and time it again and again).
+    kept_refused = {k for k, t in kept.get("refused", {}).items() if t == tolerance}
     ids = {p: f"int8:{int8.name}" if p == "int8" and int8 is not None else p for p in candidates}
-    all_kept = probe and all(ids[p] in kept_ms for p in candidates)
+    all_kept = probe and all(ids[p] in kept_ms or ids[p] in kept_refused for p in candidates)
     if all_kept:
-        candidates.sort(key=lambda p: kept_ms[ids[p]])
+        candidates.sort(key=lambda p: kept_ms.get(ids[p], float("inf")))
 
     refused: list[str] = []
+    refused_ids: list[str] = []
     passed: dict[str, OpenVinoEngine] = {}
     for p in candidates:
         source = ov.Core().read_model(int8 / "model.xml") if p == "int8" and int8 else ir
@@ -665,6 +675,7 @@ def open_engine(
                 tolerance,
             )
             refused.append(f"{p} (|Δp| {max(result.max_dp, result.max_dmap):.3g})")
+            refused_ids.append(ids[p])
             continue
         engine.check = result
         passed[p] = engine
@@ -680,7 +691,7 @@ def open_engine(
         by_batch = {int(b): ms for b, ms in kept.get("by_batch", {}).get(ids[p], {}).items()}
         if by_batch:
             engine.batch_size = min(by_batch, key=lambda b: by_batch[b])
-            shown = {q: kept_ms[ids[q]] for q in candidates}
+            shown = {q: kept_ms[ids[q]] for q in candidates if ids[q] in kept_ms}
             engine.probe = ProbeFigures(shown, by_batch, cached=True)
             return engine
         passed_now = {p: engine}
@@ -696,6 +707,10 @@ def open_engine(
     record.setdefault("by_batch", {})[_probe_id(engine)] = {
         str(b): ms for b, ms in figures.by_batch.items()
     }
+    known_refused = record.setdefault("refused", {})
+    for key in (_probe_id(e) for e in passed_now.values()):
+        known_refused.pop(key, None)
+    known_refused.update({key: tolerance for key in refused_ids})
     _write_probe(folder, record)
     return engine
 

@@ -218,6 +218,7 @@ def build_int8(
     tolerance: float = CHECK_TOLERANCE,
     max_dauc: float = MAX_DAUC,
     save: bool = True,
+    keep_refused: bool = False,
 ) -> Int8Build:
     """Quantize ``loaded``'s model on the calibration set under ``data`` (the shared data's
     root), hold it to the accuracy guard, and keep it in the app's data folder when it passes.
@@ -225,8 +226,9 @@ def build_int8(
     The guard, all against torch fp32: the load check on the probe phantom (what every start
     repeats) and, on the validation split's slices, the largest |Δp| of the calibrated
     probabilities and of the bleed map within ``tolerance``, and the AUC of every label with
-    at least MIN_POSITIVES positives within ``max_dauc``. Refused: nothing is saved, and the
-    engine goes on with what it used before.
+    at least MIN_POSITIVES positives within ``max_dauc``. Refused: nothing is saved (with
+    ``keep_refused``, it is, marked refused, for measuring: the engine never offers it), and
+    the engine goes on with what it used before.
     """
     model, spec = loaded.model, loaded.spec
     split = png_split(data, loaded.card.split)
@@ -272,10 +274,10 @@ def build_int8(
         "refused_because": reasons,
     }
     build = Int8Build(quantized, record, not reasons, reasons)
-    if build.passed and save:
-        build.folder = save_int8(loaded, quantized, digest, record)
-    elif reasons:
+    if reasons:
         log.warning("int8 refused: %s", "; ".join(reasons))
+    if save and (build.passed or keep_refused):
+        build.folder = save_int8(loaded, quantized, digest, record)
     return build
 
 

@@ -255,6 +255,41 @@ def test_int8_failing_the_load_check_is_refused_and_the_engine_falls_back(
     assert any("OpenVINO int8 refused" in r.getMessage() for r in caplog.records)
 
 
+def test_a_refusal_is_remembered_with_the_probe(
+    tiny_card: Path, with_int8: Path, monkeypatch
+) -> None:
+    _fixed_speeds(monkeypatch, {"int8": 2.0, "bf16": 3.0, "f32": 5.0})
+    real_check = ovb.check_engine
+
+    def int8_fails(engine, *args, **kw) -> CheckResult:
+        result = real_check(engine, *args, **kw)
+        if engine.precision == "int8":
+            return CheckResult("int8", 0.5, result.max_dmap, result.tolerance)
+        return result
+
+    monkeypatch.setattr(ovb, "check_engine", int8_fails)
+    loaded = _loaded(tiny_card)
+    first = open_engine(loaded, loaded.model)
+    assert first.precision != "int8"
+    kept = json.loads((ir_folder(loaded) / PROBE_FILE).read_text())
+    assert list(kept["refused"]) == [f"int8:{find_int8_ir(loaded).name}"]  # type: ignore[union-attr]
+
+    def no_timing(*_: object, **__: object) -> float:
+        raise AssertionError("timed again although the probe's figures are kept")
+
+    compiled: list[str] = []
+    real_compile = ovb.compile_engine
+
+    def counting(ir, precision, with_map):
+        compiled.append(precision)
+        return real_compile(ir, precision, with_map)
+
+    monkeypatch.setattr(ovb, "_time_batch", no_timing)
+    monkeypatch.setattr(ovb, "compile_engine", counting)
+    again = open_engine(loaded, loaded.model)
+    assert again.precision == first.precision and compiled == [first.precision]
+
+
 def test_a_tolerance_of_zero_refuses_int8(tiny_card: Path, with_int8: Path) -> None:
     loaded = _loaded(tiny_card)
     with pytest.raises(RuntimeError, match=r"no OpenVINO precision passed.*int8"):

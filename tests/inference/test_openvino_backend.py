@@ -213,12 +213,17 @@ def test_failure_falls_back_to_torch_with_one_log_line(
     assert p.predict(study).probs.shape == (study.default_series.n_slices, 6)
 
 
-def test_auto_on_the_cpu_is_openvino_at_the_best_offered_precision(
+def test_auto_on_the_cpu_is_openvino_at_the_fastest_offered_precision(
     tiny_card: Path, shared_ir: None
 ) -> None:
     p = _tiny(tiny_card, backend="auto")
-    assert p.engine is not None
-    assert p.backend_name.startswith("OpenVINO") and p.engine.precision == available_precisions()[0]
+    assert p.engine is not None and p.backend_name.startswith("OpenVINO")
+    probe = p.engine.probe
+    assert probe is not None and set(probe.by_precision) == set(available_precisions())
+    assert p.engine.precision == min(probe.by_precision, key=lambda k: probe.by_precision[k])
+    # No batch size given: the probe's fastest.
+    assert p.engine.batch_size in ovb.PROBE_BATCH_SIZES and p.batch_size == p.engine.batch_size
+    assert p.engine.batch_size == min(probe.by_batch, key=lambda b: probe.by_batch[b])
 
 
 def test_load_check_figures_are_small_on_the_probe(tiny_card: Path, shared_ir: None) -> None:
