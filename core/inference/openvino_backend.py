@@ -567,6 +567,11 @@ def _time_batch(engine: OpenVinoEngine, x: np.ndarray, runs: int, warm: bool) ->
     return 1000 * best / len(x)
 
 
+def fastest_batch(ms_per_slice: dict[int, float]) -> int:
+    """The batch size with the fewest ms per slice; on a tie the larger (fewer passes)."""
+    return min(ms_per_slice, key=lambda b: (ms_per_slice[b], -b))
+
+
 def speed_probe(
     engines: dict[str, OpenVinoEngine],
     spec: ModelSpec,
@@ -577,7 +582,8 @@ def speed_probe(
 
     Every engine is timed at ``COMPARE_BATCH`` (warm from the load check): best of two passes.
     Then the fastest one at the other batch sizes, smallest first, one warm-up and up to two
-    timed passes each, until ``budget_s`` is spent (a size not reached is not chosen)."""
+    timed passes each, while the time they are expected to take (from the ms/slice measured so
+    far) still fits in ``budget_s`` (a size not tried is not chosen)."""
     start = time.perf_counter()
     x = probe_batch(spec, max(batch_sizes)).numpy()
     by_precision = {
@@ -588,11 +594,13 @@ def speed_probe(
     for size in sorted(batch_sizes):
         if size in by_batch:
             continue
-        if time.perf_counter() - start > budget_s:
+        left = budget_s - (time.perf_counter() - start)
+        per_pass = min(by_batch.values()) * size / 1000  # seconds, expected
+        runs = 2 if 3 * per_pass <= left else 1
+        if (runs + 1) * per_pass > left:
             break
-        runs = 2 if time.perf_counter() - start < budget_s / 2 else 1
         by_batch[size] = _time_batch(engines[fastest], x[:size], runs=runs, warm=False)
-    batch = min(by_batch, key=lambda b: by_batch[b])
+    batch = fastest_batch(by_batch)
     return fastest, batch, ProbeFigures(by_precision, by_batch, cached=False)
 
 
@@ -690,7 +698,7 @@ def open_engine(
         ((p, engine),) = passed.items()
         by_batch = {int(b): ms for b, ms in kept.get("by_batch", {}).get(ids[p], {}).items()}
         if by_batch:
-            engine.batch_size = min(by_batch, key=lambda b: by_batch[b])
+            engine.batch_size = fastest_batch(by_batch)
             shown = {q: kept_ms[ids[q]] for q in candidates if ids[q] in kept_ms}
             engine.probe = ProbeFigures(shown, by_batch, cached=True)
             return engine
@@ -734,6 +742,7 @@ __all__ = [
     "compare",
     "compile_engine",
     "convert",
+    "fastest_batch",
     "find_int8_ir",
     "int8_folder_name",
     "ir_folder",

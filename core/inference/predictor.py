@@ -501,11 +501,13 @@ class Predictor:
         #: Timing of the latest predict call of this Predictor (any thread).
         self.last_timing: InferenceTiming | None = None
         #: The OpenVINO engine running the forward pass, or None when torch runs it.
-        self.engine: OpenVinoEngine | None = self._open_engine(backend, precision)
+        self.engine: OpenVinoEngine | None = self._open_engine(backend, precision, batch_size)
         if batch_size is None and self.engine is not None and self.engine.batch_size:
             self.batch_size = self.engine.batch_size
 
-    def _open_engine(self, backend: str | None, precision: str | None) -> OpenVinoEngine | None:
+    def _open_engine(
+        self, backend: str | None, precision: str | None, batch_size: int | None
+    ) -> OpenVinoEngine | None:
         """OpenVINO for the forward pass where asked (or 'auto') and possible; else None, with
         one log line saying why torch runs it instead."""
         wanted = requested_backend(backend)
@@ -522,10 +524,11 @@ class Predictor:
             log.log(level, "OpenVINO not used (%s); scoring with torch fp32", exc)
             return None
         log.info(
-            "forward pass on %s, batch %s (%d streams, %d threads; load check max |dp| %.2g, "
+            "forward pass on %s, batch %d%s (%d streams, %d threads; load check max |dp| %.2g, "
             "bleed map %.2g; speed probe: %s)",
             engine.name,
-            engine.batch_size or "as given",
+            batch_size or engine.batch_size or DEFAULT_BATCH_SIZE,
+            " (as given)" if batch_size else "",
             engine.streams,
             engine.threads,
             engine.check.max_dp if engine.check else float("nan"),

@@ -203,6 +203,19 @@ def test_the_fastest_wins_even_when_int8_is_on_offer(
     assert engine.probe is not None and engine.probe.by_precision["int8"] == 10.0
 
 
+def test_the_probe_stays_within_its_time_budget(
+    tiny_card: Path, with_int8: Path, monkeypatch
+) -> None:
+    # 400 ms/slice: batch 1 fits the budget (3 passes, 1.2 s), batch 8 (two passes of 3.2 s)
+    # does not, so neither it nor 16 is tried, and the choice is among what was timed.
+    asked = _fixed_speeds(monkeypatch, {"int8": 400.0, "bf16": 500.0, "f32": 600.0})
+    loaded = _loaded(tiny_card)
+    engine = open_engine(loaded, loaded.model, "int8")
+    assert {n for _, n in asked} == {ovb.COMPARE_BATCH, 1}
+    assert engine.probe is not None and set(engine.probe.by_batch) == {ovb.COMPARE_BATCH, 1}
+    assert engine.batch_size == ovb.COMPARE_BATCH  # 401 ms/slice at both: the larger wins
+
+
 def test_the_probe_runs_once_per_machine_and_model(
     tiny_card: Path, with_int8: Path, monkeypatch
 ) -> None:

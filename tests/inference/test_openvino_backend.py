@@ -223,7 +223,7 @@ def test_auto_on_the_cpu_is_openvino_at_the_fastest_offered_precision(
     assert p.engine.precision == min(probe.by_precision, key=lambda k: probe.by_precision[k])
     # No batch size given: the probe's fastest.
     assert p.engine.batch_size in ovb.PROBE_BATCH_SIZES and p.batch_size == p.engine.batch_size
-    assert p.engine.batch_size == min(probe.by_batch, key=lambda b: probe.by_batch[b])
+    assert p.engine.batch_size == ovb.fastest_batch(probe.by_batch)
 
 
 def test_load_check_figures_are_small_on_the_probe(tiny_card: Path, shared_ir: None) -> None:
