@@ -114,9 +114,10 @@ def shipped_server(tmp_path: Path) -> Iterator[StreamlitServer]:
 
 @pytest.fixture
 def shipped_predictor(shipped_server: StreamlitServer, monkeypatch: pytest.MonkeyPatch):
-    """The shipped model as the server runs it: its backend (auto: OpenVINO bf16 where the CPU
-    has it) and its data folder (one conversion), so the test compares with what the page
-    computed, not with torch fp32's slightly different numbers."""
+    """The shipped model as the server runs it: its backend (auto: the OpenVINO precision and
+    batch size its speed probe chose, kept in that data folder) and its data folder (one
+    conversion, one probe), so the test compares with what the page computed, not with torch
+    fp32's slightly different numbers."""
     from core.inference.predictor import Predictor, ResultCache
     from core.model.checkpoint import load_checkpoint
 
