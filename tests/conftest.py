@@ -68,6 +68,23 @@ def small_zip(study_zips: list[Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The card of an untrained tiny network *with* the bleed-map head (test fixture only):
+    for the OpenVINO and int8 tests, which need both outputs."""
+    import torch
+
+    from core.model.checkpoint import ModelSpec, build_model, save_checkpoint
+
+    torch.manual_seed(3)
+    net = build_model(ModelSpec("tiny", 64, bleed_map=True))
+    net.train()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so the slices differ
+        net(torch.rand(8, 3, 64, 64))
+    spec = ModelSpec("tiny", 64, bleed_map=True)
+    return save_checkpoint(net.eval(), spec, tmp_path_factory.mktemp("weights"), "tiny-map")
+
+
+@pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with an untrained tiny checkpoint: it exercises the app's model path and says
     nothing about hemorrhage (test fixture only, never shipped)."""

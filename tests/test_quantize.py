@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-import torch
 from data_paths import DATA, require
 
 from core import quantize
@@ -19,19 +17,7 @@ from core.inference.openvino_backend import (
     load_ir,
     open_engine,
 )
-from core.model.checkpoint import ModelSpec, build_model, load_checkpoint, save_checkpoint
-
-SPEC = ModelSpec("tiny", 64, bleed_map=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(3)
-    net = build_model(SPEC)
-    net.train()
-    with torch.no_grad():
-        net(torch.rand(8, 3, 64, 64))
-    return save_checkpoint(net.eval(), SPEC, tmp_path_factory.mktemp("weights"), "tiny-q")
+from core.model.checkpoint import load_checkpoint
 
 
 def _run(card: Path, *extra: str, json_path: Path) -> int:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import core.inference.openvino_backend as ovb
 from core.dicom.study import Study, load_studies
@@ -42,23 +41,11 @@ from core.inference.predictor import Predictor, ResultCache
 from core.model.checkpoint import (
     LoadedModel,
     ModelSpec,
-    build_model,
     load_checkpoint,
-    save_checkpoint,
 )
 
 SPEC = ModelSpec("tiny", 64, bleed_map=True)
 DIGEST = "c0ffee" * 10
-
-
-@pytest.fixture(scope="module")
-def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(3)
-    net = build_model(SPEC)
-    net.train()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so the slices differ
-        net(torch.rand(8, 3, 64, 64))
-    return save_checkpoint(net.eval(), SPEC, tmp_path_factory.mktemp("weights"), "tiny-map")
 
 
 @pytest.fixture(scope="module")

@@ -36,11 +36,8 @@ from core.inference.openvino_backend import (
 from core.inference.predictor import Predictor, ResultCache, cpu_has_bf16
 from core.labels import LABELS
 from core.model.checkpoint import (
-    ModelSpec,
-    build_model,
     find_default_checkpoint,
     load_checkpoint,
-    save_checkpoint,
 )
 from core.model.gradcam import Heatmap
 from core.training.dataset import read_challenge_labels, read_png_hu
@@ -52,18 +49,6 @@ from core.training.metrics import roc_auc
 #: 0.012, AUC 0.002.
 GUARD_MAX_DP = CHECK_TOLERANCE
 GUARD_MAX_DAUC = 0.005
-
-SPEC = ModelSpec("tiny", 64, bleed_map=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(3)
-    net = build_model(SPEC)
-    net.train()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so the slices differ
-        net(torch.rand(8, 3, 64, 64))
-    return save_checkpoint(net.eval(), SPEC, tmp_path_factory.mktemp("weights"), "tiny-map")
 
 
 @pytest.fixture(scope="module")
