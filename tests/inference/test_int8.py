@@ -48,6 +48,25 @@ SPEC = ModelSpec("tiny", 64, bleed_map=True)
 DIGEST = "c0ffee" * 10
 
 
+def _reopen_without_timing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """For a second open_engine: timing again fails the test (the probe's figures are kept),
+    and the returned list collects the precisions compiled."""
+
+    def no_timing(*_: object, **__: object) -> float:
+        raise AssertionError("timed again although the probe's figures are kept")
+
+    compiled: list[str] = []
+    real_compile = ovb.compile_engine
+
+    def counting(ir, precision, with_map):  # noqa: ANN001, ANN202
+        compiled.append(precision)
+        return real_compile(ir, precision, with_map)
+
+    monkeypatch.setattr(ovb, "_time_batch", no_timing)
+    monkeypatch.setattr(ovb, "compile_engine", counting)
+    return compiled
+
+
 @pytest.fixture(scope="module")
 def int8_data(tmp_path_factory: pytest.TempPathFactory, tiny_card: Path) -> Path:
     """One data folder holding the tiny net's f32 IR and its int8 IR, quantized once on eight
@@ -212,18 +231,7 @@ def test_the_probe_runs_once_per_machine_and_model(
     kept = json.loads((ir_folder(loaded) / PROBE_FILE).read_text())
     assert kept["machine"] == ovb.machine_key()
 
-    def no_timing(*_: object, **__: object) -> float:
-        raise AssertionError("timed again although the probe's figures are kept")
-
-    monkeypatch.setattr(ovb, "_time_batch", no_timing)
-    compiled: list[str] = []
-    real_compile = ovb.compile_engine
-
-    def counting(ir, precision, with_map):
-        compiled.append(precision)
-        return real_compile(ir, precision, with_map)
-
-    monkeypatch.setattr(ovb, "compile_engine", counting)
+    compiled = _reopen_without_timing(monkeypatch)
     again = open_engine(loaded, loaded.model)
     assert again.precision == first.precision == "int8"
     assert again.batch_size == first.batch_size
@@ -274,18 +282,7 @@ def test_a_refusal_is_remembered_with_the_probe(
     kept = json.loads((ir_folder(loaded) / PROBE_FILE).read_text())
     assert list(kept["refused"]) == [f"int8:{find_int8_ir(loaded).name}"]  # type: ignore[union-attr]
 
-    def no_timing(*_: object, **__: object) -> float:
-        raise AssertionError("timed again although the probe's figures are kept")
-
-    compiled: list[str] = []
-    real_compile = ovb.compile_engine
-
-    def counting(ir, precision, with_map):
-        compiled.append(precision)
-        return real_compile(ir, precision, with_map)
-
-    monkeypatch.setattr(ovb, "_time_batch", no_timing)
-    monkeypatch.setattr(ovb, "compile_engine", counting)
+    compiled = _reopen_without_timing(monkeypatch)
     again = open_engine(loaded, loaded.model)
     assert again.precision == first.precision and compiled == [first.precision]
 
