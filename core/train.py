@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init", type=Path, help="ImageNet state dict to start from (.pth/.pt/.safetensors)"
     )
+    p.add_argument(
+        "--init-head",
+        action="store_true",
+        help="with --init: take its classifier head too (fine-tuning one of this project's "
+        "models, whose head has the same six outputs)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: a GPU if present")
     p.add_argument(
         "--amp",

@@ -18,13 +18,17 @@ What is painted, per subtype (densities in HU, sizes in mm through ``pixel_mm``)
 - intraventricular: blood layering in the dependent (posterior, bottom-of-image) part of a
   ventricle below a horizontal fluid level, 50–75 HU.
 
-Every bleed gets a partial-volume edge (its fraction falls off just outside the mask), noise
+Every bleed gets a partial-volume edge (its fraction falls off just outside the mask, sharp or
+soft), a smooth variation of density inside, and on about a third of them (not the subarachnoid)
+a through-plane partial volume: the slice holds only the end of the bleed, which reads paler,
+part of the way from the tissue to the blood's density. Then noise
 estimated from the slice's own brain, and, for 0–80 HU slices (the brain-window PNGs), values
 clipped to 0–80 and put back on the PNG's 8-bit grid. The anatomy (skull, brain, ventricles,
 CSF, the inner table) is found from HU alone, so the same code serves DICOM slices (full HU)
 and PNG slices (only 0–80 HU known, where bone reads 80).
 
-Contract: ``mask`` is the blood itself (every pixel that was replaced by blood); HU also changes
+Contract: ``mask`` is the blood itself (every pixel that was replaced by blood, wholly or, at a
+bleed's pale end, by the same fraction everywhere inside it); HU also changes
 in a *rim* outside it — the partial-volume edge (at most ``PV_RIM_PX`` pixels from the mask) and,
 for intraparenchymal bleeds, the oedema (at most ``EDEMA_MAX_MM`` plus that edge) — and nowhere
 else: ``altered`` holds exactly the pixels whose HU changed.
@@ -55,8 +59,19 @@ HU_RANGES: dict[str, tuple[float, float]] = {
 
 #: Default in-plane pixel size (mm): the usual 25 cm field of view on 512 pixels.
 DEFAULT_PIXEL_MM = 0.488
-#: Gaussian sigma (pixels) of the partial-volume edge.
-PV_SIGMA_PX = 0.8
+#: Gaussian sigma (pixels) of the partial-volume edge, drawn per bleed: a sharp edge where the
+#: slice cuts the bleed square to its wall, a soft one where the wall slants through the slice
+#: thickness (real hematomas on 5 mm slices fade over a millimetre or more).
+PV_SIGMA_PX_RANGE = (0.8, 1.8)
+#: Through-plane partial volume: on this share of bleeds (not the thin subarachnoid ones) the
+#: slice catches only the top or bottom of the bleed, which then reads paler than blood, as a
+#: fraction FILL_RANGE of the way from the tissue to the blood's density. The mask still holds
+#: the whole region: a reader outlining a hematoma outlines its pale end slices too (the
+#: hand-drawn masks of ID_286f17f9e7 do, at 33–48 HU on their end slices).
+THROUGH_PLANE_SHARE = 0.3
+FILL_RANGE = (0.45, 0.9)
+#: Range (HU) of the smooth variation of density inside a bleed (clot, serum, hematocrit).
+VARIATION_HU_RANGE = (3.0, 8.0)
 #: Blood fractions below this are dropped, which bounds the edge to PV_RIM_PX pixels.
 _PV_FLOOR = 0.02
 #: Farthest a partial-volume change reaches outside the mask (pixels, Chebyshev distance).
@@ -91,13 +106,15 @@ _ANGLE_BINS = 72
 class SyntheticBleed:
     """A slice with a painted bleed. ``hu`` float32 like the input; ``mask`` bool, the blood;
     ``altered`` bool, every pixel whose HU changed (mask, its partial-volume edge, oedema);
-    ``labels`` float32 (6,) in LABELS order; ``kind`` one of KINDS."""
+    ``labels`` float32 (6,) in LABELS order; ``kind`` one of KINDS; ``fill`` the through-plane
+    share of blood (1.0, or FILL_RANGE on a pale end slice of the bleed)."""
 
     hu: np.ndarray
     mask: np.ndarray
     altered: np.ndarray
     labels: np.ndarray
     kind: str
+    fill: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -422,10 +439,13 @@ def _intraparenchymal(
     edema = None
     if rng.random() < 0.65:
         width = rng.uniform(2.0, EDEMA_MAX_MM) / px
-        d = ndimage.distance_transform_edt(~shape)
-        d = d * (1.0 + 0.3 * _smooth_noise(rng, shape2, 6.0))
+        dist = ndimage.distance_transform_edt(~shape)
+        # An uneven rim: the fall-off stretched or shortened by smooth noise, but never beyond
+        # ``width`` from the blood (where the noise dips far below zero the stretched distance
+        # would turn negative and paint oedema anywhere in the brain).
+        d = dist * np.clip(1.0 + 0.3 * _smooth_noise(rng, shape2, 6.0), 0.5, None)
         g = np.clip(1.0 - d / width, 0.0, 1.0) ** 0.7
-        g[shape | ~a.brain | a.ventricles | (d > width)] = 0.0
+        g[shape | ~a.brain | a.ventricles | (dist > width)] = 0.0
         edema = g.astype(np.float32) * np.float32(rng.uniform(0.6, 1.0))
     return shape, float(rng.uniform(*HU_RANGES["intraparenchymal"])), edema
 
@@ -562,13 +582,13 @@ def synthesize(
         shape, blood_hu, edema = _extra_axial(a, rng, pixel_mm, kind)
     else:
         shape, blood_hu, edema = _PAINTERS[kind](a, rng, pixel_mm)
-    new = _render(x, shape, blood_hu, kind, edema, a, rng)
+    new, fill = _render(x, shape, blood_hu, kind, edema, a, rng)
     altered = new != x
     labels = np.zeros(len(LABELS), dtype=np.float32)
     if shape.any():
         labels[0] = 1.0
         labels[LABELS.index(kind)] = 1.0
-    return SyntheticBleed(hu=new, mask=shape, altered=altered, labels=labels, kind=kind)
+    return SyntheticBleed(hu=new, mask=shape, altered=altered, labels=labels, kind=kind, fill=fill)
 
 
 def _render(
@@ -579,16 +599,28 @@ def _render(
     edema: np.ndarray | None,
     a: Anatomy,
     rng: np.random.Generator,
-) -> np.ndarray:
-    """Blend blood into ``x``: fraction 1 inside ``shape``, a partial-volume fall-off just
-    outside (never onto bone), blood density varying smoothly, plus the slice's own noise."""
+    *,
+    varied: bool = True,
+) -> tuple[np.ndarray, float]:
+    """Blend blood into ``x``: fraction 1 inside ``shape`` (or the through-plane ``fill`` it
+    returns beside the new HU), a partial-volume fall-off just outside (never onto bone), blood
+    density varying smoothly, plus the slice's own noise. ``varied=False`` (the 3-D phantom,
+    whose slices already cut through its ends): the sharpest edge, full fill, the least
+    variation, and nothing drawn for them."""
     lo, hi = HU_RANGES[kind]
-    frac = ndimage.gaussian_filter(shape.astype(np.float32), PV_SIGMA_PX)
+    sigma, fill, variation = PV_SIGMA_PX_RANGE[0], 1.0, 4.0
+    if varied:
+        sigma = float(rng.uniform(*PV_SIGMA_PX_RANGE))
+        if kind != "subarachnoid" and rng.random() < THROUGH_PLANE_SHARE:
+            fill = float(rng.uniform(*FILL_RANGE))
+        variation = float(rng.uniform(*VARIATION_HU_RANGE))
+    frac = ndimage.gaussian_filter(shape.astype(np.float32), sigma)
     frac = np.where(shape, np.float32(1.0), np.minimum(frac, np.float32(0.5)))
     frac[(frac < _PV_FLOOR) | (a.skull & ~shape)] = 0.0
     frac[~ndimage.binary_dilation(shape, np.ones((3, 3), bool), iterations=PV_RIM_PX)] = 0.0
+    frac *= np.float32(fill)
 
-    varying = blood_hu + 4.0 * _smooth_noise(rng, x.shape, 4.0)
+    varying = blood_hu + variation * _smooth_noise(rng, x.shape, 4.0)
     blood = np.clip(varying, lo, hi) + a.noise_sigma * _smooth_noise(rng, x.shape, 0.6)
     base = x
     if edema is not None:
@@ -607,7 +639,7 @@ def _render(
     out = out.astype(np.float32)
     # Pixels outside the blood's reach keep their exact input value (no float drift).
     touched = (frac > 0) | (edema > 0 if edema is not None else False)
-    return np.where(touched, out, x).astype(np.float32)
+    return np.where(touched, out, x).astype(np.float32), fill
 
 
 # --------------------------------------------------------------------------- 3-D phantom
@@ -680,7 +712,9 @@ def ellipsoid_bleed(
         # would open the skull's ring, which no real bleed does).
         shape &= ndimage.binary_erosion(anatomy.cavity, iterations=PV_RIM_PX + 1)
         mask[i] = shape
-        out[i] = _render(x[i], shape, blood_hu, "intraparenchymal", None, anatomy, rng)
+        out[i] = _render(
+            x[i], shape, blood_hu, "intraparenchymal", None, anatomy, rng, varied=False
+        )[0]
     inside = float(mask.sum()) / whole if whole else 0.0
     volume = 4.0 / 3.0 * np.pi * ay * ax * az / 1000.0 * inside
     return PhantomBleed(hu=out, mask=mask, volume_ml=float(volume))

@@ -67,10 +67,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def load_init_weights(model: nn.Module, path: str | os.PathLike[str]) -> InitReport:
+def load_init_weights(
+    model: nn.Module, path: str | os.PathLike[str], *, keep_head: bool = False
+) -> InitReport:
     """Start from a torchvision/timm ResNeXt state dict the user brings (nothing is
     downloaded): prefixes such as ``module.`` are stripped, tensors matched by name and shape,
-    the classifier head skipped (ours has 6 outputs). Raises ValueError when nothing matches."""
+    the classifier head skipped (an ImageNet head has 1000 outputs; ours has 6). ``keep_head``
+    takes the head too, for fine-tuning one of this project's own models, whose head already
+    speaks the six labels (a random head would first push noise back into the features it
+    was meant to keep). Raises ValueError when nothing matches."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--init {path}: no such file")
@@ -82,7 +87,7 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike[str]) -> InitRep
         name = key
         while name.startswith(_INIT_PREFIXES):
             name = name.split(".", 1)[1]
-        if name.startswith(_HEAD_PREFIXES):
+        if name.startswith(_HEAD_PREFIXES) and not keep_head:
             head += 1
         elif name not in target:
             unexpected += 1

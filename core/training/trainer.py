@@ -187,7 +187,9 @@ class Trainer:
         self._split()
         model = build_model(self.spec)
         if args.init is not None:
-            self.init_report = load_init_weights(model, args.init)
+            self.init_report = load_init_weights(
+                model, args.init, keep_head=bool(getattr(args, "init_head", False))
+            )
             self._info(f"--init {args.init.name}: {self.init_report}")
         self.model = model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         # The moving average (weights and BatchNorm statistics) is what is validated and
@@ -798,7 +800,12 @@ class Trainer:
                 else "the weights at the last step",
                 "ema_warmup": "min(DECAY, (1 + n) / (10 + n)) at update n" if args.ema else None,
                 "augmentation": None if args.no_augment else asdict(self.augment_config),
-                "init": args.init.name if args.init else "random (no pretrained weights)",
+                "init": (
+                    f"{args.init.name}"
+                    + (" (classifier head included)" if getattr(args, "init_head", False) else "")
+                    if args.init
+                    else "random (no pretrained weights)"
+                ),
                 "seed": args.seed,
                 "device": self.device.type,
                 "precision": self.precision,

@@ -19,6 +19,7 @@ from core.dicom.study import load_studies
 from core.imaging.synthesis import (
     DEFAULT_PIXEL_MM,
     EDEMA_MAX_MM,
+    FILL_RANGE,
     HU_RANGES,
     KINDS,
     PV_RIM_PX,
@@ -105,13 +106,20 @@ def _check(s: SyntheticBleed, hu: np.ndarray, a: Anatomy, kind: str) -> None:
     else:
         assert a.table_dist[s.mask].min() <= 2, f"{kind} does not touch the inner table"
         assert a.table_dist[s.mask].max() <= 30 / DEFAULT_PIXEL_MM
-    # Density: the blood's median in the kind's range, its spread only the slice's noise.
+    # Density: the blood's median in the kind's range, its spread only the slice's noise; on a
+    # pale end slice (fill < 1) the same range faded that share of the way from the tissue.
     lo, hi = HU_RANGES[kind]
     top = min(hi, 80.0) if a.clipped else hi
+    if s.fill < 1.0:
+        assert kind != "subarachnoid" and FILL_RANGE[0] <= s.fill <= FILL_RANGE[1]
+    else:
+        assert s.fill == 1.0
+    low_px = before + s.fill * (lo - before)
+    top_px = before + s.fill * (top - before)
     after = s.hu[s.mask]
-    assert lo - 1 <= np.median(after) <= top + 1
+    assert np.median(low_px) - 1 <= np.median(after) <= np.median(top_px) + 1
     slack = 4 * a.noise_sigma + 1
-    inside = (after >= lo - slack) & (after <= top + slack)
+    inside = (after >= low_px - slack) & (after <= top_px + slack)
     assert inside.mean() >= 0.97
     if a.clipped:
         assert s.hu.min() >= 0 and s.hu.max() <= 80
@@ -137,6 +145,23 @@ def test_random_kinds_and_seeds(slices: dict[str, tuple[np.ndarray, Anatomy]], s
         _check(s, hu, a, s.kind)
         seen.add(s.kind)
     assert len(seen) >= 2, "the kind is drawn, not fixed"
+
+
+def test_some_bleeds_are_pale_end_slices_and_keep_their_whole_mask(slices: dict) -> None:
+    """About THROUGH_PLANE_SHARE of the bleeds are the pale end of a bleed: the blood only part
+    of the way from the tissue to its density, the mask and the labels those of the whole
+    region (as a reader outlines it), so the model learns that pale hyperdensity is blood."""
+    hu, a = slices["dicom:16"]
+    bleeds = [synthesize(hu, seed, kind="intraparenchymal", anatomy=a) for seed in range(24)]
+    pale = [b for b in bleeds if b.fill < 1.0]
+    assert 2 <= len(pale) <= 16, [b.fill for b in bleeds]
+    for b in pale:
+        assert b.labels[0] == 1.0 and b.labels[LABELS.index("intraparenchymal")] == 1.0
+        rise = float(np.median(b.hu[b.mask] - hu[b.mask]))
+        full = [x for x in bleeds if x.fill == 1.0]
+        # fainter than full-density bleeds on the same tissue, yet clearly above the tissue
+        assert 5.0 < rise < max(float(np.median(x.hu[x.mask] - hu[x.mask])) for x in full)
+        _check(b, hu, a, "intraparenchymal")
 
 
 def test_seed_reproducible_and_seed_matters(slices: dict) -> None:

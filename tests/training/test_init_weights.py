@@ -55,3 +55,24 @@ def test_init_loads_matching_tensors_and_skips_the_head(tmp_path: Path) -> None:
 
 class _Opaque:
     """A pickled object: loading it would need code from the file, so it is refused."""
+
+
+def test_keep_head_fine_tunes_one_of_our_own_models(tmp_path: Path) -> None:
+    """``--init-head``: our own checkpoint's six-output head is taken with the rest, so a
+    fine-tune starts from the model as it was, not from its features under a random head."""
+    torch.manual_seed(3)
+    ours = build_model(ModelSpec("tiny", 64))
+    state = {k: v.contiguous() for k, v in ours.state_dict().items()}
+    save_file(state, str(tmp_path / "ours.safetensors"))
+    torch.manual_seed(4)
+    model = build_model(ModelSpec("tiny", 64))
+    report = load_init_weights(model, tmp_path / "ours.safetensors", keep_head=True)
+    assert report.loaded == len(model.state_dict()) and report.head_skipped == 0
+    assert torch.equal(model.fc.weight, ours.fc.weight)
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model.eval()(x), ours.eval()(x))
+    # without it, the same file leaves the head as it was
+    fresh = build_model(ModelSpec("tiny", 64))
+    before = fresh.fc.weight.clone()
+    assert load_init_weights(fresh, tmp_path / "ours.safetensors").head_skipped == 2
+    assert torch.equal(fresh.fc.weight, before)
