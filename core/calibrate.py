@@ -32,6 +32,7 @@ import numpy as np
 
 from core.dicom.study import Study, load_studies
 from core.errors import ICHError
+from core.imaging.volume import DensityRule
 from core.inference.predictor import Predictor, resolve_device
 from core.labels import LABELS
 from core.model.checkpoint import LoadedModel, _check_metrics, load_checkpoint, render_card_markdown
@@ -170,12 +171,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     val["slice_auc_any_before_temperature"] = _r(roc_auc(y[:, 0], p_raw[:, 0]))
 
     map_cut: float | None = None
+    map_rule: DensityRule | None = None
     chosen: dict[str, Any] | None = None
     if predictor.has_bleed_map:
         normal = [i for i, row in zip(val_ids, y, strict=True) if row.max() == 0]
         log.info("choosing the bleed map's threshold on synthetic bleeds in normal slices")
         chosen = synthetic_threshold(predictor, args.png_dir, normal)
         map_cut = float(chosen["threshold"])
+        map_rule = DensityRule(**chosen["density"])
 
     studies: dict[str, Any] | None = None
     study_report: dict[str, Any] | None = None
@@ -204,7 +207,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 per_study.append(FoldStudy(study.study_instance_uid, -1, pp, yy))
                 if predictor.has_bleed_map and yy.max() == 0:
                     negative_volumes.append(
-                        predictor.localise(series, pred, map_threshold=map_cut).volume_ml
+                        predictor.localise(
+                            series, pred, map_threshold=map_cut, map_density=map_rule
+                        ).volume_ml
                     )
                     first_negative = first_negative or study
                 groups += [study.study_instance_uid] * len(keep)
@@ -241,7 +246,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         study_report = study_result
         if predictor.has_bleed_map and first_negative is not None:
             log.info("bleed map: phantom hematomas of known volume in a normal study")
-            phantoms = phantom_report(predictor, first_negative, map_threshold=map_cut)
+            phantoms = phantom_report(
+                predictor, first_negative, map_threshold=map_cut, map_density=map_rule
+            )
             studies_map = {
                 "normal_studies": len(negative_volumes),
                 "normal_study_volume_ml_max": round(max(negative_volumes), 2),
@@ -250,7 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
 
     bleed_map: dict[str, Any] | None = None
-    if chosen is not None and map_cut is not None:
+    if chosen is not None and map_cut is not None and map_rule is not None:
         log.info("measuring the bleed map on the hand-drawn masks")
         real = hemseg_report(
             predictor,
@@ -258,6 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.png_dir,
             args.studies if args.studies is not None and args.studies.is_dir() else None,
             map_cut,
+            map_rule,
         )
         bleed_map = {"synthetic_validation": chosen, "hand_drawn": real, "studies": studies_map}
 
@@ -290,6 +298,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ),
                 "values": {
                     "threshold": real["threshold"],
+                    "density_floor_hu": real["density"]["floor_hu"],
+                    "density_above_brain_hu": real["density"]["above_brain_hu"],
                     "synthetic_dice": bleed_map["synthetic_validation"]["dice"],
                     "slices_with_blood": real["slices_with_blood"],
                     "dice_mean_per_slice": real["dice_mean_per_slice"],
@@ -317,7 +327,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "shows sigmoid(logit / T)"
         ),
         **(
-            {"bleed_map_threshold": bleed_map["synthetic_validation"]["threshold"]}
+            {
+                "bleed_map_threshold": bleed_map["synthetic_validation"]["threshold"],
+                "bleed_map_density": bleed_map["synthetic_validation"]["density"],
+            }
             if bleed_map is not None
             else {}
         ),

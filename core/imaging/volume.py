@@ -70,10 +70,51 @@ MAP_ZONE = 0.1
 REFINE_MIN_HU = 45.0
 REFINE_ABOVE_BRAIN_HU = 10.0
 REFINE_MAX_HU = 100.0
+
+
+@dataclass(frozen=True)
+class DensityRule:
+    """Which pixels near the map's outline count as blood: at least ``floor_hu`` and at least
+    ``above_brain_hu`` above the slice's median brain (and at most REFINE_MAX_HU).
+
+    Why it is a choice and not a constant: the map says where, the density says how far, and
+    how pale a pixel may be and still be blood depends on what the map was taught. A model
+    trained only on dense synthetic bleeds is refined with the dense rule (the default, as
+    models without this calibration were measured); one taught the pale end slices of bleeds
+    (through-plane partial volume) gets its rule chosen with its map threshold on synthetic
+    bleeds in validation slices (``core.calibrate``), stored in its card."""
+
+    floor_hu: float = REFINE_MIN_HU
+    above_brain_hu: float = REFINE_ABOVE_BRAIN_HU
+
+    def to_dict(self) -> dict[str, float]:
+        return {"floor_hu": self.floor_hu, "above_brain_hu": self.above_brain_hu}
+
+    @classmethod
+    def from_dict(cls, value: object) -> DensityRule | None:
+        """The rule a card's calibration gives, or None when it gives none or one out of the
+        plausible range (blood is never below 30 HU, nor need it be 30 HU above brain)."""
+        if not isinstance(value, dict):
+            return None
+        numbers = [value.get("floor_hu"), value.get("above_brain_hu")]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
+            return None
+        floor, above = (float(v) for v in numbers)  # type: ignore[arg-type]
+        if not (30.0 <= floor <= 80.0 and 0.0 <= above <= 30.0):
+            return None
+        return cls(floor, above)
+
+
+#: The dense rule every model was refined with before rules were calibrated.
+DENSE = DensityRule()
+#: The rules a calibration chooses among, densest first: the pale end of a bleed on a 5 mm
+#: slice reads 38–48 HU on ID_286f17f9e7's hand-drawn masks, grey matter ~35–42.
+DENSITY_RULES: tuple[DensityRule, ...] = (DENSE, DensityRule(40.0, 6.0), DensityRule(36.0, 3.0))
+
 MAP_METHOD = (
     "the model's bleed map (segmentation head) ≥ {threshold:.2f}, resized to the slice, inside "
     f"the skull (>{BONE_MARGIN_MM:.0f} mm from bone), refined by density: pixels of "
-    f"{REFINE_MIN_HU:.0f}–{REFINE_MAX_HU:.0f} HU (and ≥ {REFINE_ABOVE_BRAIN_HU:.0f} HU above the "
+    "{floor:.0f}–" + f"{REFINE_MAX_HU:.0f} HU (and ≥ " + "{above:.0f} HU above the "
     f"slice's median brain) where the map is ≥ {MAP_ZONE:.2f}, connected to that outline; "
     f"regions ≥ {MIN_REGION_MM2:.0f} mm²; Σ area × each slice's own extent along the patient axis"
 )
@@ -250,11 +291,13 @@ def mask_from_bleed_map(
     threshold: float = MAP_THRESHOLD,
     *,
     within_skull: bool = True,
+    rule: DensityRule = DENSE,
 ) -> np.ndarray:
     """The blood mask (T, H, W) of a series from its bleed map: the map's probabilities
     (T, h, w), on a grid covering the whole slice, are resized to the slice's grid (bilinear, as
     the slice was resized for the model), kept where ≥ ``threshold`` inside the skull, and
-    refined by density (``refine_by_density``), and regions under MIN_REGION_MM2 are dropped.
+    refined by density (``refine_by_density`` with ``rule``), and regions under MIN_REGION_MM2
+    are dropped.
     ``within_skull=False`` leaves out the skull test, which needs bone in HU (a 0–80 HU
     brain-window image has none)."""
     hu = _stack(hu)
@@ -278,7 +321,7 @@ def mask_from_bleed_map(
         )
         seed = (prob >= threshold) & inside
         zone = (prob >= MAP_ZONE) & inside
-        blood = refine_by_density(hu[i], seed, zone, inside, full_hu=within_skull)
+        blood = refine_by_density(hu[i], seed, zone, inside, full_hu=within_skull, rule=rule)
         labels, n = ndimage.label(blood)
         if n:
             areas = ndimage.sum_labels(blood, labels, index=np.arange(1, n + 1)) * px[0] * px[1]
@@ -288,11 +331,16 @@ def mask_from_bleed_map(
 
 
 def refine_by_density(
-    hu: np.ndarray, seed: np.ndarray, zone: np.ndarray, inside: np.ndarray, full_hu: bool = True
+    hu: np.ndarray,
+    seed: np.ndarray,
+    zone: np.ndarray,
+    inside: np.ndarray,
+    full_hu: bool = True,
+    rule: DensityRule = DENSE,
 ) -> np.ndarray:
     """The blood of one slice: blood-density pixels inside ``zone`` (where the map is at least
     MAP_ZONE) in regions that touch ``seed`` (the map's outline at its threshold); blood density
-    is judged against the median brain ``inside`` the skull. A seed pixel
+    is judged by ``rule`` against the median brain ``inside`` the skull. A seed pixel
     of brain density is dropped (the map overshoots small bleeds); a dense pixel next to the
     seed is added (it cuts large ones short). ``full_hu=False``: a 0–80 HU brain-window image,
     whose brain median is read inside 0–80 and whose ceiling is its saturation (80 HU). Below,
@@ -309,7 +357,7 @@ def refine_by_density(
     hu = np.asarray(hu, dtype=np.float32)
     tissue = hu[inside & (hu > 0) & (hu < 80)] if full_hu else hu[(hu > 0.5) & (hu < 79.5)]
     brain = float(np.median(tissue)) if tissue.size else 35.0
-    low = max(REFINE_MIN_HU, brain + REFINE_ABOVE_BRAIN_HU)
+    low = max(rule.floor_hu, brain + rule.above_brain_hu)
     high = REFINE_MAX_HU if full_hu else 80.01
     dense = ndimage.binary_opening(zone & (hu >= low) & (hu <= high))
     labels, n = ndimage.label(dense)

@@ -37,10 +37,12 @@ from torch import nn
 from core.dicom.study import Series, Study
 from core.errors import ModelError
 from core.imaging.volume import (
+    DENSE,
     MAP_METHOD,
     MAP_NOTICE,
     MAP_THRESHOLD,
     BleedEstimate,
+    DensityRule,
     estimate_bleed,
     mask_from_bleed_map,
     measure,
@@ -697,6 +699,14 @@ class Predictor:
         value = (self.loaded.card.calibration or {}).get("bleed_map_threshold")
         return float(value) if isinstance(value, int | float) and 0 < value < 1 else MAP_THRESHOLD
 
+    @property
+    def bleed_map_density(self) -> DensityRule:
+        """The density rule that refines the map's outline: the card's calibration (chosen
+        with the map threshold on synthetic bleeds), else the dense rule models were measured
+        with before rules were calibrated."""
+        rule = DensityRule.from_dict((self.loaded.card.calibration or {}).get("bleed_map_density"))
+        return rule if rule is not None else DENSE
+
     def localise(
         self,
         series: Series,
@@ -706,6 +716,7 @@ class Predictor:
         threshold: float | None = None,
         max_slices: int = MAX_LOCALISED_SLICES,
         map_threshold: float | None = None,
+        map_density: DensityRule | None = None,
     ) -> BleedEstimate:
         """Bleed mask and volume of the series.
 
@@ -713,17 +724,21 @@ class Predictor:
         further pass), every slice, at the card's map threshold. Without it (the fallback,
         named as such in ``method``): density rules on the slices flagged for ``label`` (at
         most ``max_slices``, the most probable), each gated by its Grad-CAM map.
-        ``map_threshold`` replaces the card's map threshold (to measure others).
+        ``map_threshold`` and ``map_density`` replace the card's map threshold and density
+        rule (to measure others).
         """
         spacing = series.pixel_spacing or (1.0, 1.0)
         z = [s.z for s in series.slices]
         if prediction.bleed_map is not None:
             cut = self.bleed_map_threshold if map_threshold is None else map_threshold
-            mask = mask_from_bleed_map(series.hu, prediction.bleed_map, spacing, cut)
+            rule = self.bleed_map_density if map_density is None else map_density
+            mask = mask_from_bleed_map(series.hu, prediction.bleed_map, spacing, cut, rule=rule)
             return dataclasses.replace(
                 measure(mask, z, spacing),
                 threshold=None,
-                method=MAP_METHOD.format(threshold=cut),
+                method=MAP_METHOD.format(
+                    threshold=cut, floor=rule.floor_hu, above=rule.above_brain_hu
+                ),
                 notice=MAP_NOTICE,
             )
         j = LABELS.index(label)

@@ -21,6 +21,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any, TypeGuard
 
+from core.imaging.volume import DensityRule
 from core.labels import LABELS
 from core.model.bleed_map import MAP_STRIDE
 from core.model.card import CARD_FORMAT
@@ -111,6 +112,12 @@ def _calibration(card: Mapping[str, Any], out: list[str]) -> None:
     threshold = calibration.get("bleed_map_threshold")
     if threshold is not None and not _probability(threshold):
         out.append(f"calibration bleed_map_threshold {threshold!r} is not between 0 and 1")
+    density = calibration.get("bleed_map_density")
+    if density is not None and DensityRule.from_dict(density) is None:
+        out.append(
+            f"calibration bleed_map_density {density!r} is not floor_hu 30–80 with "
+            "above_brain_hu 0–30"
+        )
 
 
 def _thresholds(card: Mapping[str, Any], out: list[str]) -> None:

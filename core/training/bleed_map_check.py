@@ -35,7 +35,7 @@ from core.imaging.synthesis import (
     find_anatomy,
     synthesize,
 )
-from core.imaging.volume import mask_from_bleed_map, measure
+from core.imaging.volume import DENSE, DENSITY_RULES, DensityRule, mask_from_bleed_map, measure
 from core.imaging.windowing import model_input
 from core.inference.predictor import Predictor
 from core.training.checkpointing import derived_seed
@@ -95,12 +95,14 @@ def synthetic_threshold(
     normal_ids: Sequence[str],
     limit: int = 240,
     batch: int = 16,
+    rules: Sequence[DensityRule] = DENSITY_RULES,
 ) -> dict[str, Any]:
     """Paint one synthetic bleed (seeded by image id) into each of the first ``limit`` usable
-    normal validation slices, and return the threshold whose pooled Dice is highest with the
-    Dice at every threshold tried."""
-    hits = np.zeros(len(THRESHOLDS))
-    pred_sum = np.zeros(len(THRESHOLDS))
+    normal validation slices, and return the threshold and density rule whose pooled Dice is
+    highest, with the Dice at every threshold tried under that rule and the best Dice of each
+    rule. Ties go to the first rule (the densest): a paler rule must earn its place."""
+    hits = np.zeros((len(rules), len(THRESHOLDS)))
+    pred_sum = np.zeros((len(rules), len(THRESHOLDS)))
     truth_sum = 0
     used = 0
     pending: list[tuple[np.ndarray, np.ndarray]] = []
@@ -112,10 +114,13 @@ def synthetic_threshold(
         hu = np.stack([h for h, _ in pending])
         truth = np.stack([m for _, m in pending])
         prob = _maps(predictor, hu)
-        for k, t in enumerate(THRESHOLDS):
-            pred = mask_from_bleed_map(hu, prob, (DEFAULT_PIXEL_MM,) * 2, t, within_skull=False)
-            hits[k] += int((pred & truth).sum())
-            pred_sum[k] += int(pred.sum())
+        for r, rule in enumerate(rules):
+            for k, t in enumerate(THRESHOLDS):
+                pred = mask_from_bleed_map(
+                    hu, prob, (DEFAULT_PIXEL_MM,) * 2, t, within_skull=False, rule=rule
+                )
+                hits[r, k] += int((pred & truth).sum())
+                pred_sum[r, k] += int(pred.sum())
         truth_sum += int(truth.sum())
         pending.clear()
 
@@ -138,14 +143,19 @@ def synthetic_threshold(
             flush()
     flush()
     scores = 2 * hits / np.maximum(pred_sum + truth_sum, 1)
-    best = int(np.argmax(scores))
+    r_best, best = (int(v) for v in np.unravel_index(int(np.argmax(scores)), scores.shape))
     return {
         "threshold": THRESHOLDS[best],
-        "dice": round(float(scores[best]), 4),
+        "density": rules[r_best].to_dict(),
+        "dice": round(float(scores[r_best, best]), 4),
         "slices": used,
         "dice_by_threshold": {
-            str(t): round(float(s), 4) for t, s in zip(THRESHOLDS, scores, strict=True)
+            str(t): round(float(s), 4) for t, s in zip(THRESHOLDS, scores[r_best], strict=True)
         },
+        "best_dice_by_density": [
+            {**rule.to_dict(), "dice": round(float(scores[r].max()), 4)}
+            for r, rule in enumerate(rules)
+        ],
     }
 
 
@@ -155,6 +165,7 @@ def hemseg_report(
     png_dir: Path,
     studies_dir: Path | None,
     threshold: float,
+    rule: DensityRule = DENSE,
 ) -> dict[str, Any]:
     """The map at ``threshold`` against the real masks: brain-window slices (pixels as the
     model's training PNGs hold them, no skull test: they have no bone in HU) and whole studies
@@ -170,7 +181,9 @@ def hemseg_report(
         truth = read_mask(hemseg_dir / "masks" / f"{r.image_id}.png")
         if truth.shape != hu.shape[1:]:
             continue
-        pred = mask_from_bleed_map(hu, _maps(predictor, hu), px, threshold, within_skull=False)[0]
+        pred = mask_from_bleed_map(
+            hu, _maps(predictor, hu), px, threshold, within_skull=False, rule=rule
+        )[0]
         if truth.any():
             preds.append(pred)
             truths.append(truth)
@@ -197,7 +210,9 @@ def hemseg_report(
                 truth3[k] = read_mask(hemseg_dir / "masks" / f"{s.sop_instance_uid}.png")
         z = [s.z for s in series.slices]
         spacing = series.pixel_spacing or (1.0, 1.0)
-        estimate = predictor.localise(series, predictor.predict(study), map_threshold=threshold)
+        estimate = predictor.localise(
+            series, predictor.predict(study), map_threshold=threshold, map_density=rule
+        )
         for k, s in enumerate(series.slices):
             if s.sop_instance_uid not in mine:
                 continue
@@ -224,6 +239,7 @@ def hemseg_report(
     scores = [float(b["dice"] or 0.0) for b in bloody]
     return {
         "threshold": threshold,
+        "density": rule.to_dict(),
         "scope": "hand-drawn intraparenchymal and intraventricular blood (HemSeg-200 on RSNA)",
         "slices_with_blood": len(bloody),
         "dice_mean_per_slice": _round(float(np.mean(scores)) if scores else None),
@@ -247,6 +263,7 @@ def phantom_report(
     volumes_ml: Sequence[float] = (5.0, 20.0, 60.0),
     seed: int = 0,
     map_threshold: float | None = None,
+    map_density: DensityRule | None = None,
 ) -> list[dict[str, Any]]:
     """Hematomas of known volume painted into a real normal study (core.imaging.synthesis
     ``ellipsoid_bleed``), scored and outlined by the app's own engine: estimated against true
@@ -260,7 +277,9 @@ def phantom_report(
         phantom = ellipsoid_bleed(series.hu, z, spacing, ml, seed)
         painted = dataclasses.replace(series, hu=np.round(phantom.hu).astype(series.hu.dtype))
         prediction = predictor.predict(painted, study_instance_uid=study.study_instance_uid)
-        estimate = predictor.localise(painted, prediction, map_threshold=map_threshold)
+        estimate = predictor.localise(
+            painted, prediction, map_threshold=map_threshold, map_density=map_density
+        )
         out.append(
             {
                 "true_ml": round(phantom.volume_ml, 2),

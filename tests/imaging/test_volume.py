@@ -12,8 +12,13 @@ from scipy import ndimage
 
 from core.dicom.study import load_studies
 from core.imaging.volume import (
+    DENSE,
+    DENSITY_RULES,
     OUTLINE_RGB,
+    REFINE_ABOVE_BRAIN_HU,
+    REFINE_MIN_HU,
     BleedEstimate,
+    DensityRule,
     draw_outline,
     estimate_bleed,
     mask_from_bleed_map,
@@ -191,6 +196,30 @@ def test_mask_from_the_bleed_map_keeps_blood_inside_the_skull() -> None:
     assert mask_from_bleed_map(hu, grid, (0.5, 0.5), threshold=0.95).sum() == 0
     with pytest.raises(ValueError, match="bleed map"):
         mask_from_bleed_map(hu, grid[:2], (0.5, 0.5))
+
+
+def test_the_density_rule_decides_how_pale_a_pixel_may_be_and_stay_blood() -> None:
+    """A hematoma with a pale end (42 HU on brain of 30): the dense rule (v3's) keeps only the
+    dense core, a paler rule the whole region; neither grows into brain, and a rule out of the
+    plausible range is not taken from a card."""
+    z = np.arange(3) * 5.0
+    hu = sphere_phantom(20.0, z, zc=5.0)
+    hu = np.where(hu == 35, 30, hu).astype(np.int16)  # brain at 30 HU
+    pale = (hu[1] == 70) & (np.arange(hu.shape[2])[None, :] >= 144)  # the sphere's centre
+    hu[1][pale] = 42  # half the bleed's cut reads pale
+    size = hu.shape[1]
+    blood = (hu[1] >= 42) & (hu[1] <= 100)
+    grid = np.zeros((3, size // 4, size // 4), np.float32)
+    cells = blood.reshape(size // 4, 4, size // 4, 4).any(axis=(1, 3))
+    grid[1] = ndimage.binary_dilation(cells, iterations=2) * 0.9
+    dense = mask_from_bleed_map(hu, grid, (0.5, 0.5), 0.5, rule=DENSE)[1]
+    paler = mask_from_bleed_map(hu, grid, (0.5, 0.5), 0.5, rule=DensityRule(38.0, 5.0))[1]
+    assert not (dense & pale).any() and dense.sum() > 0.9 * (blood & ~pale).sum()
+    assert paler.sum() > 0.95 * blood.sum() and not (paler & ~blood).any()
+    assert DensityRule.from_dict({"floor_hu": 40, "above_brain_hu": 6}) == DensityRule(40, 6)
+    for bad in ({"floor_hu": 10, "above_brain_hu": 6}, {"floor_hu": 40}, "dense", None):
+        assert DensityRule.from_dict(bad) is None
+    assert DENSITY_RULES[0] == DENSE == DensityRule(REFINE_MIN_HU, REFINE_ABOVE_BRAIN_HU)
 
 
 @pytest.mark.parametrize("ml", [2.0, 20.0])

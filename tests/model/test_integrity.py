@@ -170,6 +170,10 @@ def test_a_dropped_in_newer_card_is_unverified(
         (lambda c: c["windows"][2].update(level="NaN"), "window 3 level 'NaN'"),
         (lambda c: c.update(windows=c["windows"][:2]), "windows must list 3 windows"),
         (lambda c: c.update(calibration={"temperature": {"any": -1}}), "temperature for any"),
+        (
+            lambda c: c.update(calibration={"bleed_map_density": {"floor_hu": 5}}),
+            "bleed_map_density",
+        ),
         (lambda c: c.update(operating_thresholds={"study_any": 1.5}), "study_any (1.5)"),
         (lambda c: c.update(operating_thresholds={"slice_any": 0}), "slice_any (0)"),
         (lambda c: c.update(bleed_map={"stride": 3}), "bleed_map"),

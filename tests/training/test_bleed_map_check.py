@@ -10,6 +10,7 @@ import pytest
 import torch
 from data_paths import DATA, LABELLED, require
 
+from core.imaging.volume import DENSITY_RULES, DensityRule
 from core.inference.predictor import Predictor, ResultCache
 from core.model.checkpoint import ModelSpec, build_model, load_checkpoint, save_checkpoint
 from core.training.bleed_map_check import (
@@ -51,6 +52,10 @@ def test_threshold_is_chosen_on_synthetic_bleeds(predictor: Predictor) -> None:
     scores = out["dice_by_threshold"]
     assert len(scores) == len(THRESHOLDS) and all(0 <= v <= 1 for v in scores.values())
     assert out["dice"] == max(scores.values())
+    # the density rule is chosen with it, among the calibrated rules, by the same Dice
+    assert DensityRule(**out["density"]) in DENSITY_RULES
+    by_rule = out["best_dice_by_density"]
+    assert len(by_rule) == len(DENSITY_RULES) and out["dice"] == max(r["dice"] for r in by_rule)
 
 
 def test_report_on_hand_drawn_masks_reads_them_as_the_data_describes(
