@@ -364,6 +364,23 @@ def test_outline_of_the_estimated_bleed_on_a_real_positive_study(
     _full_page_screenshot(page, output_dir / "viewer-outline.png")
     _assert_real_png(output_dir / "viewer-outline.png")
 
+    # O hides the outline in the browser (its button says so) and shows it again.
+    painted = (
+        "() => { const c = document.getElementById('overlay');"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }"
+    )
+    frame.wait_for_function(f"() => ({painted})() > 0")
+    button = frame.locator("#outline-btn")
+    expect(button).to_have_attribute("aria-pressed", "true")
+    frame.locator("#stage").click()
+    page.keyboard.press("o")
+    expect(button).to_have_attribute("aria-pressed", "false")
+    assert frame.evaluate(painted) == 0, "O did not hide the outline"
+    page.keyboard.press("O")
+    expect(button).to_have_attribute("aria-pressed", "true")
+    assert frame.evaluate(painted) > 0, "O did not show the outline again"
+
 
 SEG_STUDY = "ID_286f17f9e7"  # a real study whose hematoma the shipped model outlines
 

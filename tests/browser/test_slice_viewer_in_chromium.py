@@ -184,6 +184,19 @@ def test_wheel_keys_presets_and_markers_in_chromium(
     assert m and (int(m.group(1)), int(m.group(2))) != (2800, 600), live
     expect(slice_caption(page)).to_contain_text(f"W {m.group(1)} L {m.group(2)}")
 
+    # Shift + left-drag does the same (a trackpad has no right button): wider and higher.
+    before = (int(m.group(1)), int(m.group(2)))
+    page.keyboard.down("Shift")
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 60, box["y"] + box["height"] / 2 + 30, steps=5)
+    live = frame.locator("#bl").inner_text()
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    m = re.match(r"W (\d+) L (-?\d+)", live)
+    assert m and int(m.group(1)) > before[0] and int(m.group(2)) > before[1], (live, before)
+    expect(slice_caption(page)).to_contain_text(f"W {m.group(1)} L {m.group(2)}")
+
     # The Grad-CAM layer (switched on in the page, computed for this slice) is drawn over the
     # slice; H hides and shows it in the browser, without a round trip.
     main = page.get_by_test_id("stMain")
