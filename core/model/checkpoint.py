@@ -244,6 +244,17 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _stored(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``v`` in the storage dtype, unless it holds a value that dtype cannot (a batch norm's
+    running variance can exceed float16's 65504: cast, it would read as infinity and zero its
+    channel), which stays float32; loading reads every tensor back as float32."""
+    if not v.is_floating_point():
+        return v
+    if dtype == torch.float16 and v.numel() and float(v.abs().max()) > torch.finfo(dtype).max:
+        return v.to(torch.float32)
+    return v.to(dtype)
+
+
 def save_checkpoint(
     model: nn.Module,
     spec: ModelSpec,
@@ -266,8 +277,9 @@ def save_checkpoint(
     never points to weights that were not completely written. ``context`` (with what is known
     of its training in ``context_info``) is stored in the same files and described in the card.
     ``storage_dtype=torch.float16`` stores floating tensors at half size (a ResNeXt-101 32x4d in
-    84 MB instead of 168, one file under the repository's 100 MB limit); loading casts them back
-    to float32, and the card's ``weights_dtype`` says so.
+    84 MB instead of 168, one file under the repository's 100 MB limit), but for the few whose
+    values exceed float16's range; loading casts them back to float32, and the card's
+    ``weights_dtype`` says so. A tensor with NaN or infinity is refused (ValueError).
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ValueError(f"checkpoint name {name!r}: use letters, digits, '.', '_' or '-'")
@@ -281,12 +293,16 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    damaged = [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
+    if damaged:
+        raise ValueError(
+            f"{len(damaged)} tensors hold NaN or infinity ({', '.join(damaged[:3])}): a model "
+            "that computes them is not saved (core.training.batch_norm re-estimates statistics)"
+        )
     if storage_dtype is not None:
         if storage_dtype not in (torch.float16, torch.float32):
             raise ValueError(f"weights are stored as float16 or float32, not {storage_dtype}")
-        tensors = {
-            k: v.to(storage_dtype) if v.is_floating_point() else v for k, v in tensors.items()
-        }
+        tensors = {k: _stored(v, storage_dtype) for k, v in tensors.items()}
     if any(k.startswith(CONTEXT_PREFIX) for k in tensors):
         raise ValueError(f"the CNN's tensor names may not start with {CONTEXT_PREFIX!r}")
     if context is not None:

@@ -29,12 +29,16 @@ class InitReport:
     head_skipped: int
     wrong_shape: int
     unexpected: int
+    #: tensors holding NaN or infinity (a float16 running variance that overflowed), left at
+    #: their initial value: training re-estimates running statistics from its own batches
+    nonfinite: int = 0
 
     def __str__(self) -> str:
+        damaged = f"; {self.nonfinite} with NaN or infinity left out" if self.nonfinite else ""
         return (
             f"initialised {self.loaded} of {self.model_tensors} tensors of the model "
             f"(head left random: {self.head_skipped} skipped; {self.wrong_shape} of another "
-            f"shape; {self.unexpected} not in this architecture)"
+            f"shape; {self.unexpected} not in this architecture{damaged})"
         )
 
 
@@ -82,7 +86,7 @@ def load_init_weights(
     state = _read_state_dict(path)
     target = model.state_dict()
     take: dict[str, torch.Tensor] = {}
-    head = wrong = unexpected = 0
+    head = wrong = unexpected = nonfinite = 0
     for key, value in state.items():
         name = key
         while name.startswith(_INIT_PREFIXES):
@@ -93,6 +97,8 @@ def load_init_weights(
             unexpected += 1
         elif target[name].shape != value.shape:
             wrong += 1
+        elif value.is_floating_point() and not value.isfinite().all():
+            nonfinite += 1
         else:
             take[name] = value.to(target[name].dtype)
     if not take:
@@ -101,4 +107,4 @@ def load_init_weights(
             f"and shape; is it a ResNet/ResNeXt state dict of this architecture?"
         )
     model.load_state_dict(take, strict=False)
-    return InitReport(len(take), len(target), head, wrong, unexpected)
+    return InitReport(len(take), len(target), head, wrong, unexpected, nonfinite)

@@ -65,6 +65,7 @@ from core.model.checkpoint import (
     save_checkpoint,
     weights_identity,
 )
+from core.training.batch_norm import damaged_batch_norms, refresh_damaged_batch_norms
 from core.training.checkpointing import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -113,6 +114,8 @@ from core.training.synthetic import SyntheticBleedSlices
 log = logging.getLogger("core.training.trainer")
 
 DEFAULT_FOLDS = 5
+#: Training batches that re-estimate batch-norm statistics found not finite at the end.
+REPAIR_BATCHES = 32
 
 # --------------------------------------------------------------------------- trainer
 
@@ -532,6 +535,8 @@ class Trainer:
                 self.epoch, self.step_in_epoch = epoch + 1, 0
             final = stop or self.epoch >= args.epochs
             sync_buffers(self.dist, self.model)
+            if final:
+                self._repair_statistics(train_set)
             train_loss = mean_across_ranks(self.dist, self.device, loss_sum, steps)
             val = self._validate(features=final and not args.no_embeddings)
             result = EpochResult(
@@ -548,9 +553,32 @@ class Trainer:
             self.save()
         if self._val is None:  # resumed after the last epoch: still produce the outputs
             sync_buffers(self.dist, self.model)
+            self._repair_statistics(train_set)
             self._validate(features=not args.no_embeddings)
         self.finish()
         return results
+
+    def _repair_statistics(self, train_set: SliceDataset | SyntheticBleedSlices) -> None:
+        """Before the final validation: batch-norm layers whose running statistics are not
+        finite (inherited from an --init whose float16 variance overflowed, then averaged into
+        NaN by the EMA) are re-estimated on REPAIR_BATCHES training batches, without
+        augmentation (core.training.batch_norm); every other layer is left as trained."""
+        raw = getattr(self.model, "module", self.model)
+        for model in dict.fromkeys([self.final_model, raw]):  # the same module once
+            if not damaged_batch_norms(model):
+                continue
+            order = self._batches(max(self.epoch - 1, 0))[:REPAIR_BATCHES]
+            batches = (
+                model_batch(hu.to(self.device), self.spec.windows).contiguous(
+                    memory_format=torch.channels_last
+                )
+                for hu, *_ in self._loader(train_set, order)
+            )
+            names = refresh_damaged_batch_norms(model, batches)
+            self._info(
+                f"re-estimated the batch-norm statistics of {', '.join(names)} on "
+                f"{len(order)} training batches: they held NaN or infinity"
+            )
 
     def _log_epoch(self, r: EpochResult) -> None:
         entry: dict[str, float | None] = {

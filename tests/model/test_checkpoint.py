@@ -312,3 +312,25 @@ def test_weights_stored_at_half_size_load_as_float32_and_predict_alike(tmp_path:
     torch.testing.assert_close(np_a, np_b, atol=2e-2, rtol=2e-2)
     with pytest.raises(ValueError, match="float16 or float32"):
         save_checkpoint(model, spec, tmp_path / "bf", "m", storage_dtype=torch.bfloat16)
+
+
+def test_half_size_keeps_what_float16_cannot_hold_and_refuses_nan(tmp_path: Path) -> None:
+    """A running variance above float16's 65504 (v3's bleed-map head had one) would be stored
+    as infinity and zero its channel: it stays float32 and loads back exact; a model holding
+    NaN or infinity is not saved at all."""
+    torch.manual_seed(0)
+    spec = ModelSpec("tiny", 64)
+    model = build_model(spec).eval()
+    with torch.no_grad():
+        model.bn1.running_var[0] = 1.0e5
+    half = save_checkpoint(model, spec, tmp_path / "half", "m", storage_dtype=torch.float16)
+    stored = load_file(str(half.parent / json.loads(half.read_text())["weights_files"][0]["file"]))
+    assert stored["bn1.running_var"].dtype == torch.float32
+    assert stored["bn1.running_mean"].dtype == torch.float16  # only what must stays wide
+    loaded = load_checkpoint(half, allow_unverified=True)
+    assert loaded.model.bn1.running_var[0].item() == 1.0e5
+    with torch.no_grad():
+        model.bn1.running_var[1] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinity.*bn1.running_var"):
+        save_checkpoint(model, spec, tmp_path / "bad", "m", storage_dtype=torch.float16)
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").glob("*.json"))

@@ -76,3 +76,17 @@ def test_keep_head_fine_tunes_one_of_our_own_models(tmp_path: Path) -> None:
     before = fresh.fc.weight.clone()
     assert load_init_weights(fresh, tmp_path / "ours.safetensors").head_skipped == 2
     assert torch.equal(fresh.fc.weight, before)
+
+
+def test_tensors_with_nan_or_infinity_are_left_out(tmp_path: Path) -> None:
+    """v3's float16 running variance read back as infinity: taken, it stays infinite through
+    training and turns NaN in the EMA; left out, training re-estimates it."""
+    ours = build_model(ModelSpec("tiny", 64))
+    state = {k: v.clone().contiguous() for k, v in ours.state_dict().items()}
+    state["bn1.running_var"][0] = float("inf")
+    save_file(state, str(tmp_path / "ours.safetensors"))
+    model = build_model(ModelSpec("tiny", 64))
+    report = load_init_weights(model, tmp_path / "ours.safetensors", keep_head=True)
+    assert report.nonfinite == 1 and "1 with NaN or infinity left out" in str(report)
+    assert torch.isfinite(model.bn1.running_var).all()
+    assert torch.equal(model.conv1.weight, ours.conv1.weight)
