@@ -43,7 +43,7 @@ card without a digest (written before digests)          *unverified*, likewise
 self-consistent card not on the manifest (a newer       *unverified*, likewise; the message says
 card dropped in, re-stamped edits, a model trained or   when it bears a shipped model's name
 recalibrated here)
-the shipped v3 / v2, untouched                          verified
+the shipped v4 (or v3 / v2), untouched                 verified
 ======================================================  =========================================
 
 Refused means the model cannot run correctly or safely (a wrong input size, a permuted label,

@@ -21,12 +21,17 @@ class ShippedModel(NamedTuple):
 
 SHIPPED: tuple[ShippedModel, ...] = (
     ShippedModel(
+        "ich-resnext101-32x4d-v4",
+        "f3027c0ded64998c6123986f994081bc4bc4e34c3fe0e33e172481437ed4e3ab",
+        "72e83df0628d1610ab19f2c86eecf212e3925c7b2426dc78c47594019dd60ffd",
+    ),
+    # v3 and v2 are no longer in weights/ (git history has them); listed so that results they
+    # scored, saved in a worklist, are still recognised as a shipped model's.
+    ShippedModel(
         "ich-resnext101-32x4d-v3",
         "08376ef5f56a1538c419a944fbf3a34ecc601d1e9037e4b99fca96ab3968ca43",
         "9ea9aae88afc98c29bdd0542aac364404663a653c3ac76706705a6019ef03ed2",
     ),
-    # v2 is no longer in weights/ (git history has it); listed so that results it scored,
-    # saved in a worklist, are still recognised as a shipped model's.
     ShippedModel(
         "ich-resnext101-32x4d-v2",
         "90d4e9ed7bd825f722ba23cbe328a8961e7ef308253e09816f8bfcc69454b5f9",

@@ -157,9 +157,15 @@ def summary_sentence(
         for label in LABELS[1:]
         if isinstance(val["slice_auc"][label], float)
     )
+    init = str((card.get("training") or {}).get("init") or "random")
+    start = (
+        "trained from scratch (no pretrained weights)"
+        if init.startswith("random")
+        else f"trained from the weights of {init.split(' ')[0].removesuffix('.safetensors')}"
+    )
     text = (
-        f"{card.get('arch')} at {card.get('input_size')} px, trained from scratch (no pretrained "
-        f"weights) on {train_slices} real RSNA brain-window slices. On {val['slices']} "
+        f"{card.get('arch')} at {card.get('input_size')} px, {start} "
+        f"on {train_slices} real RSNA brain-window slices. On {val['slices']} "
         "held-out slices: slice AUC(any) "
         f"{ci('slice', val)}; by subtype {subtypes}; weighted log loss "
         f"{val['weighted_log_loss']:.3f} against {val['constant_prior_weighted_log_loss']:.3f} "

@@ -9,7 +9,7 @@ from core.model.card import ModelCard
 from core.model.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ROOT / "weights" / "ich-resnext101-32x4d-v3.json"
+SHIPPED = ROOT / "weights" / "ich-resnext101-32x4d-v4.json"
 
 
 def test_shipped_cards_round_trip_byte_identically() -> None:

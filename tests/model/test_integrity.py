@@ -55,7 +55,7 @@ def _no_traceback_from_the_cli(card: Path, small_zip: Path, capsys: Any) -> str:
 
 
 def test_the_shipped_models_verify() -> None:
-    assert SHIPPED_CARDS[0].name == "ich-resnext101-32x4d-v3.json"
+    assert SHIPPED_CARDS[0].name == "ich-resnext101-32x4d-v4.json"
     for card in SHIPPED_CARDS:
         loaded = load_checkpoint(card, with_context=False)  # no flag: it must be on the manifest
         assert loaded.trust.verified and loaded.trust.label == "verified", card.name
