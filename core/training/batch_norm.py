@@ -48,10 +48,10 @@ def refresh_damaged_batch_norms(model: nn.Module, batches: Iterable[torch.Tensor
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches, as update_bn
         m.train()
+    forward = getattr(model, "forward_with_map", model)  # through the bleed-map head too
     seen = 0
     try:
         for x in batches:
-            forward = getattr(model, "forward_with_map", model)
             forward(x)
             seen += 1
     finally:
