@@ -66,8 +66,9 @@ from core.model.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from core.shared_data import shared_data_root
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA = shared_data_root()
 MODEL_SIZE = 256
 
 

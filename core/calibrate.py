@@ -37,6 +37,7 @@ from core.inference.predictor import Predictor, resolve_device
 from core.labels import LABELS
 from core.model.checkpoint import LoadedModel, _check_metrics, load_checkpoint, render_card_markdown
 from core.model.integrity import stamp
+from core.shared_data import shared_data_root
 from core.training.bleed_map_check import hemseg_report, phantom_report, synthetic_threshold
 from core.training.calibration import (
     MIN_POSITIVES_FOR_OWN_TEMPERATURE,
@@ -64,7 +65,7 @@ log = logging.getLogger("core.calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    data = Path(os.environ.get("ICH_SHARED_DATA", "../shared/data"))
+    data = shared_data_root()
     p = argparse.ArgumentParser(
         prog="python -m core.calibrate",
         description=(

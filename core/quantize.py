@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -24,9 +23,10 @@ from core.errors import ICHError
 from core.inference.openvino_backend import CHECK_TOLERANCE, nncf_version
 from core.labels import LABELS
 from core.model.checkpoint import find_default_checkpoint, load_checkpoint
+from core.shared_data import shared_data_root
 from core.training.int8_check import MAX_DAUC, Int8Build, build_int8
 
-DEFAULT_DATA = Path(os.environ.get("ICH_SHARED_DATA", "../shared/data"))
+DEFAULT_DATA = shared_data_root()
 
 
 def build_parser() -> argparse.ArgumentParser:

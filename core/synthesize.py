@@ -17,10 +17,10 @@ import numpy as np
 
 from core.imaging.synthesis import KINDS, feasible_kinds, find_anatomy, synthesize
 from core.imaging.windowing import apply_window
+from core.shared_data import shared_data_root
 from core.training.dataset import read_challenge_labels, read_png_hu
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PNG = ROOT.parent / "shared" / "data" / "rsna_png"
+DEFAULT_PNG = shared_data_root() / "rsna_png"
 COLOURS = {
     "epidural": "#ff3b30",
     "intraparenchymal": "#ffcc00",
