@@ -37,7 +37,7 @@ class InitReport:
         damaged = f"; {self.nonfinite} with NaN or infinity left out" if self.nonfinite else ""
         return (
             f"initialised {self.loaded} of {self.model_tensors} tensors of the model "
-            f"(head left random: {self.head_skipped} skipped; {self.wrong_shape} of another "
+            f"({self.head_skipped} classifier-head tensors skipped; {self.wrong_shape} of another "
             f"shape; {self.unexpected} not in this architecture{damaged})"
         )
 
