@@ -508,7 +508,10 @@ def _print_int8(record: dict[str, Any]) -> None:
         if record.get("passed")
         else "REFUSED: " + "; ".join(record.get("refused_because") or [])
     )
-    print(f"    guard (|dp| <= {record['guard']['tolerance']}): {verdict}")
+    guard = record["guard"]
+    map_bound = guard.get("map_tolerance", guard["tolerance"])
+    bounds = f"|dp| <= {guard['tolerance']}, map cells <= {map_bound}"
+    print(f"    guard ({bounds}): {verdict}")
 
 
 def _print_auto(card: Path) -> None:

@@ -93,7 +93,8 @@ def report(build: Int8Build) -> str:
         lines.append(f"int8 kept in {build.folder}")
     else:
         lines.append(
-            f"int8 REFUSED (guard: |Δp| <= {g['tolerance']:g}, AUC change <= {g['max_dauc']:g}): "
+            f"int8 REFUSED (guard: |Δp| <= {g['tolerance']:g}, map cells <= "
+            f"{g.get('map_tolerance', g['tolerance']):g}, AUC change <= {g['max_dauc']:g}): "
             + "; ".join(build.reasons)
         )
         if build.folder is not None:

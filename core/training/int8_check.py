@@ -41,6 +41,7 @@ from core.imaging.windowing import model_input
 from core.inference.int8 import quantize_ir, save_int8
 from core.inference.openvino_backend import (
     CHECK_TOLERANCE,
+    MAP_TOLERANCE,
     OpenVinoEngine,
     check_engine,
     compare,
@@ -225,10 +226,10 @@ def build_int8(
 
     The guard, all against torch fp32: the load check on the probe phantom (what every start
     repeats) and, on the validation split's slices, the largest |Δp| of the calibrated
-    probabilities and of the bleed map within ``tolerance``, and the AUC of every label with
-    at least MIN_POSITIVES positives within ``max_dauc``. Refused: nothing is saved (with
-    ``keep_refused``, it is, marked refused, for measuring: the engine never offers it), and
-    the engine goes on with what it used before.
+    probabilities within ``tolerance`` and of the bleed map within MAP_TOLERANCE, and the AUC
+    of every label with at least MIN_POSITIVES positives within ``max_dauc``. Refused: nothing
+    is saved (with ``keep_refused``, it is, marked refused, for measuring: the engine never
+    offers it), and the engine goes on with what it used before.
     """
     model, spec = loaded.model, loaded.spec
     split = png_split(data, loaded.card.split)
@@ -248,12 +249,14 @@ def build_int8(
     if not check.passed:
         reasons.append(
             f"load check: |Δp| {check.max_dp:.3g}, bleed map {check.max_dmap:.3g} "
-            f"(tolerance {tolerance:g})"
+            f"(tolerance {tolerance:g} / {MAP_TOLERANCE:g})"
         )
     if figures["max_dp"] > tolerance:
         reasons.append(f"validation: max |Δp| {figures['max_dp']:.3g} > {tolerance:g}")
-    if figures["max_dmap"] > tolerance:
-        reasons.append(f"validation: bleed map max |Δp| {figures['max_dmap']:.3g} > {tolerance:g}")
+    if figures["max_dmap"] > MAP_TOLERANCE:
+        reasons.append(
+            f"validation: bleed map max |Δp| {figures['max_dmap']:.3g} > {MAP_TOLERANCE:g}"
+        )
     worst = figures["max_dauc_guarded"]
     if worst is not None and worst > max_dauc:
         reasons.append(f"validation: an AUC moved by {worst:.3g} > {max_dauc:g}")
@@ -269,7 +272,12 @@ def build_int8(
         },
         "load_check": {"max_dp": check.max_dp, "max_dmap": check.max_dmap},
         "validation": {"split": split.description, **figures},
-        "guard": {"tolerance": tolerance, "max_dauc": max_dauc, "min_positives": MIN_POSITIVES},
+        "guard": {
+            "tolerance": tolerance,
+            "map_tolerance": MAP_TOLERANCE,
+            "max_dauc": max_dauc,
+            "min_positives": MIN_POSITIVES,
+        },
         "passed": not reasons,
         "refused_because": reasons,
     }

@@ -25,6 +25,7 @@ from core.errors import ModelError
 from core.imaging.windowing import model_input
 from core.inference.openvino_backend import (
     CHECK_TOLERANCE,
+    MAP_TOLERANCE,
     CheckResult,
     available_precisions,
     ir_folder,
@@ -43,12 +44,18 @@ from core.model.gradcam import Heatmap
 from core.training.dataset import read_challenge_labels, read_png_hu
 from core.training.metrics import roc_auc
 
-#: The accuracy guard: largest |Δp| of any calibrated probability (and bleed-map cell) against
-#: torch fp32 (the engine's own load-check tolerance), and largest difference of a label's
-#: AUC, on real slices. bf16 measured here (AMD EPYC with AVX-512-BF16): |Δp| 0.005, bleed map
-#: 0.012, AUC 0.002.
+#: The accuracy guard: largest |Δp| of any calibrated probability and of any bleed-map cell
+#: against torch fp32 (the engine's own load-check tolerances), and largest difference of a
+#: label's AUC, on real slices. bf16 measured here (AMD EPYC with AVX-512-BF16, v3): |Δp| 0.005,
+#: bleed map 0.012, AUC 0.002.
 GUARD_MAX_DP = CHECK_TOLERANCE
+GUARD_MAX_DMAP = MAP_TOLERANCE
 GUARD_MAX_DAUC = 0.005
+#: What the map is read through: of the cells torch fp32 puts above the map's threshold in a
+#: whole real study with bleeding (ID_286f17f9e7: 60 cells of the 40 × 40 maps with v4), at
+#: most this share may change side. bf16 measured (Zen 5 EPYC, AVX-512-BF16, v4): none did;
+#: map cells moved by 0.011 at most, probabilities by 0.005, AUCs by 0.0014.
+GUARD_MAX_OUTLINE_CHANGE = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +164,11 @@ def test_ir_is_kept_in_the_data_folder_and_reused(tiny_card: Path, monkeypatch) 
 
 
 def test_a_precision_that_fails_the_load_check_is_refused(
-    tiny_card: Path, shared_ir: None, monkeypatch, caplog
+    tiny_card: Path, tmp_path: Path, monkeypatch, caplog
 ) -> None:
+    # Its own data folder: the refusal it forces is kept beside the IR, and in the shared one
+    # it would stop later tests from ever trying that precision (seen on a CPU with bf16).
+    monkeypatch.setenv("ICH_REVIEW_DATA", str(tmp_path))
     loaded = load_checkpoint(tiny_card, allow_unverified=True)
     offered = available_precisions()
     real_check = ovb.check_engine
@@ -217,6 +227,16 @@ def test_load_check_figures_are_small_on_the_probe(tiny_card: Path, shared_ir: N
     assert engine.check is not None
     assert engine.check.max_dp < 1e-4 and engine.check.max_dmap < 1e-3
     assert engine.check.tolerance == CHECK_TOLERANCE
+    assert engine.check.map_tolerance == MAP_TOLERANCE
+
+
+def test_probabilities_and_map_cells_are_judged_by_their_own_tolerances() -> None:
+    assert MAP_TOLERANCE >= CHECK_TOLERANCE
+    between = (CHECK_TOLERANCE + MAP_TOLERANCE) / 2
+    assert CheckResult("bf16", 0.001, between).passed  # a map cell may move this much
+    assert not CheckResult("bf16", between, 0.0).passed  # a probability may not
+    assert not CheckResult("bf16", 0.001, MAP_TOLERANCE * 1.5).passed
+    assert CheckResult("bf16", 0, 0).key != CheckResult("bf16", 0, 0, map_tolerance=0.01).key
 
 
 # --------------------------------------------------------------------------- accuracy guard
@@ -285,34 +305,42 @@ def shipped_runs(
             png = np.concatenate([p.forward(x[i : i + 25]).numpy() for i in range(0, len(x), 25)])
             bleed = None if pred.bleed_map is None else pred.bleed_map.astype(np.float32)
             out[p.backend_name] = (np.asarray(pred.probs), bleed, png)
+            out["map threshold"] = (np.array(p.bleed_map_threshold), None, np.zeros(0))
     yield out
 
 
 def test_every_precision_agrees_with_torch_fp32_on_real_slices(guard_data, shipped_runs) -> None:
     _, study_y, _, png_y = guard_data
-    ref_study, ref_map, ref_png = shipped_runs["torch fp32"]
+    runs = dict(shipped_runs)
+    cut = float(runs.pop("map threshold")[0])
+    ref_study, ref_map, ref_png = runs["torch fp32"]
     assert ref_map is not None  # the shipped model has the bleed-map head
+    ref_outline = ref_map >= cut
+    assert ref_outline.sum() >= 20  # a study with bleeding: the outline is there to compare
     y = np.concatenate([study_y, png_y])
     ref = np.concatenate([ref_study, ref_png])
-    assert len(shipped_runs) == 1 + len(available_precisions())
-    for name, (probs, bleed, png) in shipped_runs.items():
+    assert len(runs) == 1 + len(available_precisions())
+    for name, (probs, bleed, png) in runs.items():
         if name == "torch fp32":
             continue
         got = np.concatenate([probs, png])
         max_dp = float(np.abs(got - ref).max())
         assert bleed is not None
         max_dmap = float(np.abs(bleed - ref_map).max())
+        changed = float(((bleed >= cut) != ref_outline).sum() / ref_outline.sum())
         daucs = {}
         for j, label in enumerate(LABELS):
             a, b = roc_auc(y[:, j], ref[:, j]), roc_auc(y[:, j], got[:, j])
             if a is not None and b is not None:
                 daucs[label] = abs(a - b)
         print(
-            f"{name}: max |dp| {max_dp:.4f}, max |d map p| {max_dmap:.4f}, "
-            f"max |d AUC| {max(daucs.values()):.4f} over {len(y)} slices ({sorted(daucs)})"
+            f"{name}: max |dp| {max_dp:.4f}, max |d map p| {max_dmap:.4f}, outline cells that "
+            f"change side {changed:.4f}, max |d AUC| {max(daucs.values()):.4f} over {len(y)} "
+            f"slices ({sorted(daucs)})"
         )
         assert max_dp <= GUARD_MAX_DP, f"{name}: max |dp| {max_dp:.4f} > {GUARD_MAX_DP}"
-        assert max_dmap <= GUARD_MAX_DP, f"{name}: bleed map max |dp| {max_dmap:.4f}"
+        assert max_dmap <= GUARD_MAX_DMAP, f"{name}: bleed map max |dp| {max_dmap:.4f}"
+        assert changed <= GUARD_MAX_OUTLINE_CHANGE, f"{name}: {changed:.2%} of the outline moved"
         assert "any" in daucs and len(daucs) >= 4
         worst = max(daucs, key=lambda k: daucs[k])
         assert daucs[worst] <= GUARD_MAX_DAUC, f"{name}: AUC({worst}) moved by {daucs[worst]:.4f}"
