@@ -22,7 +22,7 @@ class ShippedModel(NamedTuple):
 SHIPPED: tuple[ShippedModel, ...] = (
     ShippedModel(
         "ich-resnext101-32x4d-v4",
-        "f3027c0ded64998c6123986f994081bc4bc4e34c3fe0e33e172481437ed4e3ab",
+        "94bbb5c95b5c7e14f85cd29a25559b3d4a6eb082297e6148ec8e73d4168cd656",
         "72e83df0628d1610ab19f2c86eecf212e3925c7b2426dc78c47594019dd60ffd",
     ),
     # v3 and v2 are no longer in weights/ (git history has them); listed so that results they
