@@ -41,9 +41,17 @@ def _parse_caption(text: str) -> tuple[int, int, float, int, int]:
     return int(k), int(n), float(z), int(width), int(level)
 
 
-def _slice_src(page: Page) -> str:
-    """The data URL of the slice the viewer draws now."""
-    src = viewer_frame(page).evaluate(
+def _slice_src(page: Page, k: int) -> str:
+    """The data URL of slice ``k`` as the viewer draws it, once the viewer is at slice ``k``
+    with its images: after a script run the frame can still be mounting (seen in CI: its
+    images were not there yet when the caption already named the slice)."""
+    frame = viewer_frame(page)
+    frame.wait_for_function(
+        "(k) => { const s = window.__sliceViewer; return !!(s && s.shown && s.index === k"
+        " && s.shown.images && s.shown.images[k - 1] && s.shown.images[k - 1].src); }",
+        arg=k,
+    )
+    src = frame.evaluate(
         "() => { const s = window.__sliceViewer; return s.shown.images[s.index - 1].src; }"
     )
     assert src, "the viewer draws no slice"
@@ -108,7 +116,7 @@ def _assert_shows_slice(page: Page, study: Study) -> tuple[int, str]:
     assert abs(z - series.slices[k - 1].z) < 0.051, (
         f"caption z = {z} mm, slice {k} of the study is at {series.slices[k - 1].z:.2f} mm"
     )
-    src = _slice_src(page)
+    src = _slice_src(page, k)
     shown = np.asarray(_fetch_png(page, src).convert("L"))
     expected = apply_window(series.hu[k - 1], level, width)
     assert shown.shape == expected.shape, f"image {shown.shape}, slice {expected.shape}"
