@@ -85,7 +85,7 @@ CHECK_TOLERANCE = 0.02
 #: Largest |Δp| allowed for a cell of the bleed map. Looser than the probabilities' because
 #: the map is only ever read through its threshold (the outline and the volume): a cell moves
 #: the outline only where it lies within this much of the threshold, and the accuracy guard on
-#: real slices checks the outline itself (the share of cells that change side, the volume).
+#: real slices checks the outline itself (the share of its cells that change side).
 #: A map cell is one pixel's logit with no pooling to average rounding away, so bf16 moves it
 #: more than a probability: 0.012 on v3 over 136 real slices, 0.020 on v4's probe batch
 #: (2026-12-07, Zen 5 EPYC with AVX-512-BF16), where the probabilities moved by 0.001.

@@ -8,7 +8,8 @@ On a Xeon with AMX a ResNeXt-101 training step took 59 ms/slice under bf16 autoc
 bf16 against 0.35 s in fp32 (the flags already say "no bf16" there, and no probe runs). A CPU
 whose flags promise bf16 but whose kernels are slow would lose that much: one small bottleneck
 block of the network's own kind (1×1, grouped 3×3, 1×1 with batch norm) is timed forward and
-backward in both precisions, for about a second, and bf16 is used only where it wins clearly.
+backward in both precisions, for about half a second, and bf16 is used only where it wins
+clearly.
 
 The block and its input are at the scale of the network's first stage at 160 px (256 channels,
 40 × 40, batch 8): on a Zen 5 EPYC with avx512_bf16 and no AMX (2026-12-07, load 0.7) a toy
