@@ -345,7 +345,13 @@ class CheckResult:
     @property
     def key(self) -> str:
         """The tolerances it was judged by, as kept beside a refusal."""
-        return f"{self.tolerance:g}/{self.map_tolerance:g}"
+        return tolerance_key(self.tolerance, self.map_tolerance)
+
+
+def tolerance_key(tolerance: float, map_tolerance: float = MAP_TOLERANCE) -> str:
+    """Tolerances as kept beside a refusal ("probabilities/map"): a refusal counts again only
+    under the same ones."""
+    return f"{tolerance:g}/{map_tolerance:g}"
 
 
 @dataclass(frozen=True)
@@ -675,7 +681,7 @@ def open_engine(
     # deterministic, so a start does not compile and time it again and again).
     # (Kept as "probabilities/map" tolerances; an older record's single number never matches,
     # so what it refused is checked again.)
-    judged_by = CheckResult("", 0.0, 0.0, tolerance).key
+    judged_by = tolerance_key(tolerance)
     kept_refused = {k for k, t in kept.get("refused", {}).items() if t == judged_by}
     ids = {p: f"int8:{int8.name}" if p == "int8" and int8 is not None else p for p in candidates}
     all_kept = probe and all(ids[p] in kept_ms or ids[p] in kept_refused for p in candidates)
