@@ -1,14 +1,16 @@
-"""Where the real RSNA data lies: ../shared/data beside the checkout, or $ICH_SHARED_DATA."""
+"""Where the real RSNA data lies: ../shared/data beside the checkout, or $ICH_SHARED_DATA
+(core.shared_data decides, as for the commands)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from core.shared_data import shared_data_root
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("ICH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATA = shared_data_root()
 LABELLED = DATA / "rsna_ich"
 UNLABELLED_ZIP = DATA / "rsna_ich_unlabeled" / "ID_4d28912ba6.zip"
 
